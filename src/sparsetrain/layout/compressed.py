@@ -1,0 +1,165 @@
+"""Compressed storage: active values plus sorted coordinates, CSR row pointers and a transposed CSR.
+
+Persistent state (what a checkpoint holds): ``values`` (the parameter), ``row`` and ``col`` in row-major
+order. Derived on every topology change and on load: ``crow`` (CSR row pointers), and the transposed
+CSR used by the input-gradient SpMM: ``ccol`` (column pointers), ``row_t`` (row of each entry in
+column-major order) and ``perm_t`` (its value slot). Nothing here is ever of size n_out × n_in.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..kernels import rows_to_crow
+from .base import GatherRemap, Layout, validate_drop_slots, validate_new_coordinates
+
+_INT32_LIMIT = 2**31 - 1
+
+
+def index_dtype_for(shape: tuple[int, int], nnz: int) -> torch.dtype:
+    """int32 indices whenever every index and pointer fits (half the memory at equal speed)."""
+    return torch.int32 if max(shape[0] + 1, shape[1] + 1, nnz) <= _INT32_LIMIT else torch.int64
+
+
+def random_linear_indices(shape: tuple[int, int], nnz: int, generator: torch.Generator | None = None,
+                          device: torch.device | str = "cpu") -> torch.Tensor:
+    """Exactly ``nnz`` distinct positions, uniform at random, as sorted int64 linear indices.
+
+    Rejection sampling with replacement then de-duplication, so the work is O(nnz log nnz) and no
+    dense-sized buffer exists unless the layer is at least half dense (then a permutation is cheaper).
+    """
+    total = shape[0] * shape[1]
+    if not 0 <= nnz <= total:
+        raise ValueError(f"nnz must be in [0, {total}] for a weight of shape {shape}, got {nnz}")
+    if nnz * 2 >= total:
+        picked = torch.randperm(total, generator=generator, device=device)[:nnz]
+        return torch.sort(picked).values
+    chosen = torch.empty(0, dtype=torch.int64, device=device)
+    while chosen.numel() < nnz:
+        missing = nnz - chosen.numel()
+        draw = torch.randint(0, total, (int(missing * 1.1) + 16,), generator=generator, device=device)
+        chosen = torch.unique(torch.cat((chosen, draw)))
+    if chosen.numel() > nnz:  # drop a uniformly random surplus, keeping the choice uniform
+        keep = torch.randperm(chosen.numel(), generator=generator, device=device)[:nnz]
+        chosen = torch.sort(chosen[keep]).values
+    return chosen
+
+
+class CompressedLayout(Layout):
+    """Active values + sorted (row, col) coordinates; never materialises the dense weight."""
+
+    def __init__(self, shape: tuple[int, int], linear_indices: torch.Tensor, values: torch.Tensor | None = None,
+                 *, dtype: torch.dtype | None = None):
+        super().__init__()
+        self.shape = (int(shape[0]), int(shape[1]))
+        lin = linear_indices.long().flatten()
+        if lin.numel() > 1 and not bool((lin[1:] > lin[:-1]).all()):
+            raise ValueError("linear_indices must be strictly increasing (sorted, no duplicates)")
+        if lin.numel() and (lin[0] < 0 or lin[-1] >= self.shape[0] * self.shape[1]):
+            raise ValueError(f"linear_indices out of range for shape {self.shape}")
+        if values is None:
+            values = torch.zeros(lin.numel(), dtype=dtype or torch.get_default_dtype(), device=lin.device)
+        if values.shape != lin.shape:
+            raise ValueError(f"values must have shape {tuple(lin.shape)}, got {tuple(values.shape)}")
+        self.values = nn.Parameter(values.detach().clone())
+        idx = index_dtype_for(self.shape, lin.numel())
+        self.register_buffer("row", (lin // self.shape[1]).to(idx))
+        self.register_buffer("col", (lin % self.shape[1]).to(idx))
+        for name in ("crow", "ccol", "row_t", "perm_t"):
+            self.register_buffer(name, torch.empty(0, dtype=idx, device=lin.device), persistent=False)
+        self._rebuild()
+
+    @classmethod
+    def random(cls, shape: tuple[int, int], nnz: int, *, generator: torch.Generator | None = None,
+               device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> "CompressedLayout":
+        """Exactly ``nnz`` active positions chosen uniformly at random, values 0."""
+        return cls(shape, random_linear_indices(shape, nnz, generator, device), dtype=dtype)
+
+    # --- protocol ---------------------------------------------------------------------------------
+    @property
+    def nnz(self) -> int:
+        return self.values.numel()
+
+    @property
+    def parameter(self) -> nn.Parameter:
+        return self.values
+
+    def linear_indices(self) -> torch.Tensor:
+        return self.row.long() * self.shape[1] + self.col.long()
+
+    def coordinates(self) -> torch.Tensor:
+        return torch.stack((self.row.long(), self.col.long()), dim=1)
+
+    def replace(self, drop_slots: torch.Tensor, new_coordinates: torch.Tensor) -> GatherRemap:
+        drop = validate_drop_slots(drop_slots, self.nnz)
+        new_lin = validate_new_coordinates(new_coordinates.to(self.row.device), self.shape)
+        keep = torch.ones(self.nnz, dtype=torch.bool, device=self.row.device)
+        keep[drop] = False
+        kept_src = torch.nonzero(keep).flatten()
+        kept_lin = self.linear_indices()[kept_src]
+        if new_lin.numel() and kept_lin.numel():
+            at = torch.searchsorted(kept_lin, new_lin).clamp(max=kept_lin.numel() - 1)
+            if bool((kept_lin[at] == new_lin).any()):
+                raise ValueError("new_coordinates includes positions that stay active")
+        # Merge two sorted lists in O(nnz): each element's final slot is its own rank plus the number
+        # of elements of the other list that precede it.
+        k, n_kept = new_lin.numel(), kept_lin.numel()
+        new_pos = torch.searchsorted(kept_lin, new_lin) + torch.arange(k, device=new_lin.device)
+        kept_pos = torch.searchsorted(new_lin, kept_lin) + torch.arange(n_kept, device=new_lin.device)
+        merged = torch.empty(n_kept + k, dtype=torch.int64, device=new_lin.device)
+        merged[kept_pos] = kept_lin
+        merged[new_pos] = new_lin
+        source = torch.full((n_kept + k,), -1, dtype=torch.int64, device=new_lin.device)
+        source[kept_pos] = kept_src
+        remap = GatherRemap(source)
+        with torch.no_grad():
+            self.values.data = remap.apply(self.values.data)
+        self.values.grad = None
+        idx = index_dtype_for(self.shape, merged.numel())
+        self.row = (merged // self.shape[1]).to(idx)
+        self.col = (merged % self.shape[1]).to(idx)
+        self._rebuild()
+        return remap
+
+    def to_dense(self) -> torch.Tensor:
+        dense = torch.zeros(self.shape, dtype=self.values.dtype, device=self.values.device)
+        dense[self.row.long(), self.col.long()] = self.values.detach()
+        return dense
+
+    # --- derived indices ----------------------------------------------------------------------------
+    def _rebuild(self) -> None:
+        """Recompute CSR row pointers and the transposed CSR from (row, col)."""
+        self.crow = rows_to_crow(self.row, self.shape[0])
+        order = torch.sort(self.col, stable=True).indices
+        self.perm_t = order.to(self.row.dtype)
+        self.row_t = self.row[order]
+        self.ccol = rows_to_crow(self.col[order], self.shape[1])
+
+    def fan_in(self) -> torch.Tensor:
+        """Active inputs per output unit (n_out,)."""
+        return (self.crow[1:] - self.crow[:-1]).long()
+
+    def index_bytes(self) -> int:
+        """Bytes of all index buffers (persistent and derived)."""
+        return sum(b.numel() * b.element_size() for b in (self.row, self.col, self.crow, self.ccol, self.row_t,
+                                                           self.perm_t))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # The number of active weights may differ from ours (global-scope methods move weights
+        # between layers): take the incoming sizes before the copy, then rebuild derived indices.
+        row, col, values = (state_dict.get(prefix + k) for k in ("row", "col", "values"))
+        if row is not None and col is not None and values is not None:
+            if not (row.shape == col.shape == values.shape and row.ndim == 1):
+                error_msgs.append(f"{prefix}: row, col and values must be 1-D of equal length")
+                return
+            self.values.data = self.values.data.new_empty(values.shape)
+            self.row = self.row.new_empty(row.shape, dtype=row.dtype)
+            self.col = self.col.new_empty(col.shape, dtype=col.dtype)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        if self.row.numel() and (int(self.row.max()) >= self.shape[0] or int(self.col.max()) >= self.shape[1]):
+            error_msgs.append(f"{prefix}: coordinates out of range for shape {self.shape}")
+            return
+        self._rebuild()
+
