@@ -129,9 +129,11 @@ class SparseModule(nn.Module):
 
     @classmethod
     def _build_from_dense(cls, module: nn.Module, expected_type: type, layout_kind: str, sparsity: float | None,
-                          **kwargs) -> "SparseModule":
+                          geometry: Callable[[nn.Module], dict]) -> "SparseModule":
+        """Shared body of every ``from_dense``; ``geometry(module)`` gives the subclass's attributes."""
         if not isinstance(module, expected_type):
             raise TypeError(f"{cls.__name__}.from_dense expects an {expected_type.__name__}, got {type(module).__name__}")
+        kwargs = geometry(module)
         weight = module.weight
         lin = cls._kept_positions(weight, sparsity)
         if lin.numel() == 0:

@@ -107,10 +107,9 @@ class SparseConv2d(_ConvShape, SparseModule):
     @classmethod
     def from_dense(cls, module: nn.Conv2d, *, sparsity: float | None = None) -> "SparseConv2d":
         """Keep the nonzeros of ``module.weight`` (or its largest |w| at ``sparsity``)."""
-        kwargs = cls._conv_kwargs(module) if isinstance(module, nn.Conv2d) else {}
-        if kwargs.get("groups", 1) != 1:
-            raise NotImplementedError(f"SparseConv2d supports groups=1 only, got groups={kwargs['groups']}")
-        return cls._build_from_dense(module, nn.Conv2d, "compressed", sparsity, **kwargs)
+        if isinstance(module, nn.Conv2d) and module.groups != 1:
+            raise NotImplementedError(f"SparseConv2d supports groups=1 only, got groups={module.groups}")
+        return cls._build_from_dense(module, nn.Conv2d, "compressed", sparsity, cls._conv_kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
@@ -142,8 +141,8 @@ class MaskedConv2d(_ConvShape, MaskedModule):
     @classmethod
     def from_dense(cls, module: nn.Conv2d, *, sparsity: float | None = None, dense_grad: bool = False) -> "MaskedConv2d":
         """Keep the nonzeros of ``module.weight`` (or its largest |w| at ``sparsity``)."""
-        kwargs = cls._conv_kwargs(module) if isinstance(module, nn.Conv2d) else {}
-        return cls._build_from_dense(module, nn.Conv2d, "masked", sparsity, dense_grad=dense_grad, **kwargs)
+        return cls._build_from_dense(module, nn.Conv2d, "masked", sparsity,
+                                     lambda m: {**cls._conv_kwargs(m), "dense_grad": dense_grad})
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         if self.groups != 1:

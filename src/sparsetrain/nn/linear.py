@@ -10,6 +10,10 @@ from ..layout import CompressedLayout, MaskedLayout
 from .base import SparseModule, make_layout, resolve_nnz
 
 
+def _linear_geometry(module: nn.Linear) -> dict:
+    return {"in_features": module.in_features, "out_features": module.out_features}
+
+
 class _LinearShape:
     in_features: int
     out_features: int
@@ -50,8 +54,7 @@ class SparseLinear(_LinearShape, SparseModule):
     @classmethod
     def from_dense(cls, module: nn.Linear, *, sparsity: float | None = None) -> "SparseLinear":
         """Keep the nonzeros of ``module.weight`` (or its largest |w| at ``sparsity``)."""
-        return cls._build_from_dense(module, nn.Linear, "compressed", sparsity, in_features=module.in_features,
-                                     out_features=module.out_features)
+        return cls._build_from_dense(module, nn.Linear, "compressed", sparsity, _linear_geometry)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
@@ -114,8 +117,8 @@ class MaskedLinear(_LinearShape, MaskedModule):
     @classmethod
     def from_dense(cls, module: nn.Linear, *, sparsity: float | None = None, dense_grad: bool = False) -> "MaskedLinear":
         """Keep the nonzeros of ``module.weight`` (or its largest |w| at ``sparsity``)."""
-        return cls._build_from_dense(module, nn.Linear, "masked", sparsity, in_features=module.in_features,
-                                     out_features=module.out_features, dense_grad=dense_grad)
+        return cls._build_from_dense(module, nn.Linear, "masked", sparsity,
+                                     lambda m: {**_linear_geometry(m), "dense_grad": dense_grad})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)

@@ -1,0 +1,118 @@
+"""The layout protocol: replace() semantics and the optimizer-state remap, for both storages."""
+import pytest
+import torch
+
+from sparsetrain.layout import CompressedLayout, MaskedLayout, random_linear_indices
+
+
+def _layouts(shape=(6, 9), nnz=20, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lin = random_linear_indices(shape, nnz, g)
+    comp = CompressedLayout(shape, lin, torch.randn(nnz, generator=g))
+    masked = MaskedLayout.from_linear_indices(shape, lin)
+    with torch.no_grad():
+        masked.weight.view(-1)[lin] = comp.values
+    return comp, masked
+
+
+@pytest.mark.parametrize("nnz", [0, 1, 13, 27, 53, 54])
+def test_random_positions_exact_and_unique(nnz):
+    lin = random_linear_indices((6, 9), nnz, torch.Generator().manual_seed(1))
+    assert lin.numel() == nnz
+    assert bool((lin[1:] > lin[:-1]).all()) and (nnz == 0 or (0 <= lin[0] and lin[-1] < 54))
+
+
+def test_random_positions_reject_too_many():
+    with pytest.raises(ValueError, match=r"nnz must be in \[0, 54\]"):
+        random_linear_indices((6, 9), 55)
+
+
+def test_protocol_agrees_between_storages():
+    comp, masked = _layouts()
+    assert comp.nnz == masked.nnz == 20
+    assert torch.equal(comp.coordinates(), masked.coordinates())
+    assert torch.equal(comp.values.detach(), masked.values)
+    assert torch.equal(comp.to_dense(), masked.to_dense())
+
+
+def test_transposed_index_is_consistent():
+    comp, _ = _layouts((40, 30), 300)
+    dense = comp.to_dense()
+    n_in = comp.shape[1]
+    for c in range(n_in):
+        start, end = int(comp.ccol[c]), int(comp.ccol[c + 1])
+        rows = comp.row_t[start:end].long()
+        slots = comp.perm_t[start:end].long()
+        assert torch.equal(comp.col[slots].long(), torch.full_like(rows, c))
+        assert bool((rows[1:] > rows[:-1]).all())
+        torch.testing.assert_close(comp.values.detach()[slots], dense[rows, c])
+
+
+@pytest.mark.parametrize("kind", ["compressed", "masked"])
+def test_replace_semantics_and_state_remap(kind):
+    comp, masked = _layouts()
+    layout = comp if kind == "compressed" else masked
+    before = layout.to_dense().clone()
+    old_coords = layout.coordinates()
+    drop = torch.tensor([0, 5, 19])
+    inactive = torch.nonzero(before.reshape(-1) == 0).flatten()
+    new_lin = inactive[:3]
+    new = torch.stack((new_lin // 9, new_lin % 9), 1)
+    state = layout.parameter.detach().clone() + 1.0  # a stand-in optimizer buffer, nonzero everywhere
+    remap = layout.replace(drop, new)
+    state = remap.apply(state)
+    after = layout.to_dense()
+    assert layout.nnz == 20
+    dropped = old_coords[drop]
+    assert bool((after[dropped[:, 0], dropped[:, 1]] == 0).all())
+    assert bool((after[new[:, 0], new[:, 1]] == 0).all())
+    expected = before.clone()
+    expected[dropped[:, 0], dropped[:, 1]] = 0
+    assert torch.equal(after, expected)
+    # grown slots: value 0 and state 0; kept entries keep their state
+    grown = remap.grown_slots
+    coords = layout.coordinates()
+    assert torch.equal(torch.sort(coords[grown][:, 0] * 9 + coords[grown][:, 1]).values, new_lin)
+    flat_state = state.reshape(-1) if kind == "compressed" else state.reshape(-1)[layout.linear_indices()]
+    assert bool((flat_state[grown] == 0).all())
+    kept = torch.ones(20, dtype=torch.bool)
+    kept[grown] = False
+    torch.testing.assert_close(flat_state[kept], layout.values[kept] + 1.0)
+    if kind == "masked":
+        assert bool((state.reshape(-1)[dropped[:, 0] * 9 + dropped[:, 1]] == 0).all())
+    lin = layout.linear_indices()
+    assert bool((lin[1:] > lin[:-1]).all())
+
+
+@pytest.mark.parametrize("kind", ["compressed", "masked"])
+def test_replace_rejects_bad_input(kind):
+    comp, masked = _layouts()
+    layout = comp if kind == "compressed" else masked
+    active = layout.coordinates()
+    with pytest.raises(ValueError, match="stay active"):
+        layout.replace(torch.tensor([0]), active[1:2])
+    with pytest.raises(ValueError, match="duplicate"):
+        layout.replace(torch.tensor([0]), torch.tensor([[5, 5], [5, 5]]))
+    with pytest.raises(ValueError, match="drop_slots must be in"):
+        layout.replace(torch.tensor([20]), torch.empty(0, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="out of range"):
+        layout.replace(torch.tensor([0]), torch.tensor([[6, 0]]))
+    assert layout.nnz == 20
+
+
+def test_compressed_replace_can_change_nnz_and_keeps_parameter_object():
+    comp, _ = _layouts()
+    param = comp.values
+    inactive = torch.nonzero(comp.to_dense().reshape(-1) == 0).flatten()[:5]
+    comp.replace(torch.tensor([1]), torch.stack((inactive // 9, inactive % 9), 1))
+    assert comp.nnz == 24 and comp.values is param and param.numel() == 24
+    comp.replace(torch.arange(10), torch.empty(0, 2, dtype=torch.long))
+    assert comp.nnz == 14 and int(comp.crow[-1]) == 14 and int(comp.ccol[-1]) == 14
+
+
+def test_regrowing_a_dropped_position_gives_zero():
+    comp, _ = _layouts()
+    coords = comp.coordinates()
+    comp.replace(torch.tensor([3]), coords[3:4])
+    assert comp.nnz == 20
+    assert comp.to_dense()[coords[3, 0], coords[3, 1]] == 0
