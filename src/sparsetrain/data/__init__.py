@@ -1,0 +1,11 @@
+"""Data sets (embedded, on-disk, synthetic), torch transforms and the seeded, resumable loader."""
+from .dataset import ArrayDataset, Transform
+from .imagenet import ImageFolderDataset
+from .loader import SeededLoader
+from .registry import DATASETS, dataset_options, load_dataset
+from .transforms import (CenterCrop, Compose, Normalize, RandomCrop, RandomHorizontalFlip, RandomResizedCrop,
+                         Resize, ToFloat)
+
+__all__ = ["DATASETS", "load_dataset", "dataset_options", "ArrayDataset", "ImageFolderDataset", "SeededLoader",
+           "Transform", "Compose", "ToFloat", "Normalize", "RandomCrop", "RandomHorizontalFlip", "RandomResizedCrop",
+           "Resize", "CenterCrop"]
