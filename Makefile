@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	# torch first, from the exact local CPU build, so nothing later pulls a CUDA wheel.
 	$(PY) -m pip install -q "torch==2.13.0"
 	$(PY) -m pip install -q -e ".[test,kernels]"
+	# compile our CPU kernels once now, so the demo and the tests do not pay for it
+	$(PY) -m sparsetrain.kernels.build --quiet || echo "sparsetrain: WARNING: the CPU kernels did not build (see above); the stock torch-sparse kernels will serve"
 	touch $(STAMP)
 
 demo: $(STAMP)

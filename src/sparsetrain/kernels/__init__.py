@@ -1,43 +1,79 @@
 """Pure tensor kernels of a compressed layer: SpMM (forward and input gradient) and SDDMM.
 
-One dispatcher picks the implementation per call: Triton for CUDA tensors, our compiled CPU kernels
-when they are built, otherwise the stock-torch formulation. None of them ever allocates a dense
-weight-sized tensor. ``active_backends()`` says which implementation serves which device.
+One dispatcher (backend.py) picks the implementation per call: Triton for CUDA tensors, our compiled
+C++/OpenMP kernels for CPU tensors, otherwise the stock-torch formulation (with one loud warning).
+None of them ever allocates a dense weight-sized tensor. ``active_backends()`` says which
+implementation serves which device; ``SPARSETRAIN_KERNELS=auto|cpp|torch`` forces a choice.
 """
 from __future__ import annotations
 
 import torch
 
-from . import torch_ops
+from .backend import KernelFallbackWarning, KernelUnavailableError, active_backends, implementation
 from .linear import sparse_linear
+from .torch_ops import rows_to_crow
 
-__all__ = ["spmm", "sddmm", "sddmm_coo", "sparse_linear", "active_backends", "rows_to_crow"]
+__all__ = ["spmm", "sddmm", "sddmm_coo", "sparse_linear", "active_backends", "rows_to_crow", "transpose_order",
+           "KernelUnavailableError", "KernelFallbackWarning"]
+
+_INDEX_DTYPES = (torch.int32, torch.int64)
+
+
+def _check_index(name: str, t: torch.Tensor) -> None:
+    if t.ndim != 1 or t.dtype not in _INDEX_DTYPES:
+        raise ValueError(f"{name} must be a 1-D int32 or int64 tensor, got shape {tuple(t.shape)} dtype {t.dtype}")
+
+
+def _check_dense(name: str, t: torch.Tensor, rows: int, what: str) -> None:
+    if t.ndim != 2 or t.shape[0] != rows:
+        raise ValueError(f"{name} must be feature-major with shape ({what}={rows}, R), got {tuple(t.shape)}")
 
 
 def spmm(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, dense_fm: torch.Tensor,
          n_cols: int) -> torch.Tensor:
     """Feature-major SpMM: (n_rows, R) = CSR(n_rows x n_cols) @ (n_cols, R)."""
-    return torch_ops.spmm(crow, col, values, dense_fm, n_cols)
+    _check_index("crow", crow)
+    _check_index("col", col)
+    _check_dense("dense_fm", dense_fm, n_cols, "n_cols")
+    if values.shape != col.shape:
+        raise ValueError(f"values must have the shape of col {tuple(col.shape)}, got {tuple(values.shape)}")
+    if values.dtype != dense_fm.dtype:
+        raise ValueError(f"values dtype {values.dtype} must equal dense_fm dtype {dense_fm.dtype}")
+    return implementation(dense_fm.device, dense_fm.dtype).spmm(crow, col, values, dense_fm, n_cols)
 
 
 def sddmm(crow: torch.Tensor, col: torch.Tensor, left_fm: torch.Tensor, right_fm: torch.Tensor) -> torch.Tensor:
     """Sampled dense-dense product at CSR coordinates: out[j] = <left_fm[row_j], right_fm[col_j]>."""
-    return torch_ops.sddmm(crow, col, left_fm, right_fm)
-
-
-def rows_to_crow(rows: torch.Tensor, n_rows: int) -> torch.Tensor:
-    """CSR row pointers for row indices sorted ascending (same dtype as ``rows``)."""
-    crow = torch.zeros(n_rows + 1, dtype=torch.int64, device=rows.device)
-    if rows.numel():
-        crow[1:] = torch.bincount(rows.long(), minlength=n_rows).cumsum(0)
-    return crow.to(rows.dtype)
+    _check_index("crow", crow)
+    _check_index("col", col)
+    _check_dense("left_fm", left_fm, crow.numel() - 1, "n_rows")
+    _check_pair(left_fm, right_fm)
+    return implementation(left_fm.device, left_fm.dtype).sddmm(crow, col, left_fm, right_fm)
 
 
 def sddmm_coo(rows: torch.Tensor, cols: torch.Tensor, left_fm: torch.Tensor, right_fm: torch.Tensor) -> torch.Tensor:
     """SDDMM at coordinates sorted row-major (e.g. sorted linear indices of growth candidates)."""
-    return sddmm(rows_to_crow(rows, left_fm.shape[0]), cols, left_fm, right_fm)
+    _check_index("rows", rows)
+    _check_index("cols", cols)
+    if rows.shape != cols.shape:
+        raise ValueError(f"rows and cols must have the same shape, got {tuple(rows.shape)} and {tuple(cols.shape)}")
+    if left_fm.ndim != 2:
+        raise ValueError(f"left_fm must be feature-major (n_rows, R), got shape {tuple(left_fm.shape)}")
+    _check_pair(left_fm, right_fm)
+    return implementation(left_fm.device, left_fm.dtype).sddmm_coo(rows, cols, left_fm, right_fm)
 
 
-def active_backends() -> dict[str, str]:
-    """Which kernel implementation serves each device type."""
-    return {"cpu": "torch-sparse", "cuda": "torch-sparse"}
+def _check_pair(left_fm: torch.Tensor, right_fm: torch.Tensor) -> None:
+    if right_fm.ndim != 2 or right_fm.shape[1] != left_fm.shape[1] or right_fm.dtype != left_fm.dtype:
+        raise ValueError(f"right_fm must be (n_cols, R={left_fm.shape[1]}) of dtype {left_fm.dtype}, got "
+                         f"shape {tuple(right_fm.shape)} dtype {right_fm.dtype}")
+
+
+def transpose_order(col: torch.Tensor, n_cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Transposed-CSR index of a row-major entry list: (perm, ccol), both of col's dtype.
+
+    ``perm[j]`` is the slot of the j-th entry in column-major order (stable: row order within a column),
+    ``ccol`` the n_cols + 1 column pointers. O(nnz) counting sort on CPU; a stable device sort on GPU.
+    """
+    _check_index("col", col)
+    return implementation(col.device, torch.float32).transpose_order(col, n_cols)

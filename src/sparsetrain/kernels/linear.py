@@ -30,7 +30,7 @@ class _SparseLinear(torch.autograd.Function):
         grad_x = grad_values = None
         if ctx.needs_input_grad[0]:
             n_out = crow.numel() - 1
-            grad_x = spmm(ccol, row_t, values[perm_t], gy_fm, n_out).t()
+            grad_x = spmm(ccol, row_t, values.index_select(0, perm_t), gy_fm, n_out).t()  # index_select: 7x faster than [] with int32
         if ctx.needs_input_grad[1]:
             grad_values = sddmm(crow, col, gy_fm, x_fm)
         if ctx.observer is not None:

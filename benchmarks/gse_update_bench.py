@@ -1,0 +1,128 @@
+"""Time of one GSE topology update vs one training step of a SparseLinear (PERFORMANCE.md target: ≤ 1×).
+
+Layer n × n at 98 % sparsity (default n = 16384), batch B = 128, SGD with momentum, 2 threads. A training
+step is forward + backward + ``optimizer.step()``; an update is ``method.step()`` at an update step
+(candidate sampling, SDDMM scoring, selection, ``layout.replace``, optimizer-state remap). Both are
+measured in the same run, interleaved, and reported as medians; the update is also broken into its
+phases by timing the same building blocks on the same data. Prints a table and writes
+benchmarks/results/gse_update.json.
+
+    .venv/bin/python benchmarks/gse_update_bench.py [--n 16384] [--sparsity 0.98] [--batch 128] [--repeats 5]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import pathlib
+import platform
+import statistics
+import time
+
+import torch
+
+import sparsetrain as st
+from sparsetrain import methods, rng
+from sparsetrain.methods.candidates import sampled_candidates
+from sparsetrain.methods.scores import gradient_at, sampler_weights
+from sparsetrain.methods.select import bottom_k, count_of, top_k
+
+
+def _train_step(layer, opt, x):
+    opt.zero_grad(set_to_none=True)
+    layer(x).square().mean().backward()
+    opt.step()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=16384)
+    parser.add_argument("--sparsity", type=float, default=0.98)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sampler", default="uniform", choices=("uniform", "grabo", "graest"))
+    parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / "gse_update.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    n, B = args.n, args.batch
+
+    layer = st.SparseLinear(n, n, sparsity=args.sparsity, generator=rng.generator(0))
+    opt = torch.optim.SGD(layer.parameters(), lr=0.01, momentum=0.9)
+    # delta_t = 2: every second step updates; the odd steps are the plain training steps we time
+    method = methods.create("gse", layer, opt, total_steps=4 * args.repeats + 4, delta_t=2, t_end=1.0, alpha=0.2,
+                            sampler=args.sampler)
+    gen = torch.Generator().manual_seed(1)
+    step_s, update_s, step_with_observer_s = [], [], []
+    x = torch.randn(B, n, generator=gen)
+    _train_step(layer, opt, x)  # warm-up (allocations, first-touch)
+    method.step()
+    for _ in range(args.repeats + 1):
+        x = torch.randn(B, n, generator=gen)
+        t0 = time.perf_counter()
+        _train_step(layer, opt, x)           # observers armed: this backward feeds the update
+        t1 = time.perf_counter()
+        stats = method.step()
+        t2 = time.perf_counter()
+        assert stats is not None
+        x = torch.randn(B, n, generator=gen)
+        t3 = time.perf_counter()
+        _train_step(layer, opt, x)           # a plain step, no observer
+        t4 = time.perf_counter()
+        assert method.step() is None
+        step_with_observer_s.append(t1 - t0)
+        update_s.append(t2 - t1)
+        step_s.append(t4 - t3)
+    step_s, update_s, step_with_observer_s = step_s[1:], update_s[1:], step_with_observer_s[1:]
+
+    # phase breakdown on the same layer and one fresh batch
+    observed = st.methods.scores.Observed()
+    layer.backward_observer = observed
+    _train_step(layer, opt, torch.randn(B, n, generator=gen))
+    layer.backward_observer = None
+    nnz = layer.nnz
+    k = count_of(0.2, nnz)
+    phases: dict[str, float] = {}
+
+    def timed(name, fn):
+        t = time.perf_counter()
+        out = fn()
+        phases[name] = time.perf_counter() - t
+        return out
+
+    active = timed("active indices", lambda: layer.layout.linear_indices())
+    f, g = timed("sampler weights", lambda: sampler_weights(observed.parts, args.sampler, rng.generator(9, 1)))
+    cand = timed("sample + dedupe + drop actives", lambda: sampled_candidates(
+        active, layer.layout.shape, int(math.ceil(nnz)), rng.generator(9), f, g))
+    scores = timed("SDDMM scores", lambda: gradient_at(observed.parts, cand, n).abs_())
+    grow = timed("top-k growth", lambda: cand[top_k(scores, k)])
+    drop = timed("bottom-k prune", lambda: bottom_k(layer.layout.values.detach().abs(), k))
+    remap = timed("layout.replace", lambda: layer.layout.replace(drop, torch.stack((grow // n, grow % n), 1)))
+    timed("optimizer-state remap", lambda: remap.apply(opt.state[layer.layout.values]["momentum_buffer"]))
+
+    step_med, update_med = statistics.median(step_s), statistics.median(update_s)
+    result = {
+        "n": n, "sparsity": args.sparsity, "nnz": nnz, "batch": B, "threads": args.threads, "sampler": args.sampler,
+        "repeats": args.repeats, "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+        "train_step_s": step_s, "train_step_with_observer_s": step_with_observer_s, "update_s": update_s,
+        "train_step_median_s": step_med, "update_median_s": update_med, "update_over_step": update_med / step_med,
+        "candidates": int(cand.numel()), "k": k, "phases_s": phases, "target_update_over_step": 1.0,
+    }
+    print(f"GSE topology update vs training step: n={n}, sparsity={args.sparsity}, nnz={nnz}, B={B}, "
+          f"threads={args.threads}, sampler={args.sampler}")
+    print(f"{'what':<38}{'median s':>10}")
+    print(f"{'training step (fwd+bwd+SGD)':<38}{step_med:>10.4f}")
+    print(f"{'training step with armed observer':<38}{statistics.median(step_with_observer_s):>10.4f}")
+    print(f"{'GSE update (method.step)':<38}{update_med:>10.4f}")
+    print(f"{'update / step':<38}{update_med / step_med:>10.2f}   (target <= 1)")
+    print(f"phases of one update (|S| = {cand.numel()}, k = {k}):")
+    for name, seconds in phases.items():
+        print(f"  {name:<36}{seconds:>10.4f}")
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

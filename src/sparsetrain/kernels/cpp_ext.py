@@ -1,0 +1,122 @@
+"""Our compiled CPU kernels (cpu_kernels.cpp): JIT build, cached load, and wrappers with the public signatures.
+
+The extension is built with ``torch.utils.cpp_extension.load`` into a directory keyed by a hash of the
+source, the compiler flags, the torch version and the CPU model (``-march=native`` code must not run on
+another CPU), so a changed source or a different machine rebuilds and an unchanged one loads in < 1 s.
+``python -m sparsetrain.kernels.build`` does the build ahead of time.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import sys
+import threading
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
+CFLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17"]
+LDFLAGS = ["-fopenmp"]
+
+# Batch tile width in bytes (see cpu_kernels.cpp): the accumulators of one tile live in registers, so a
+# tile never exceeds 512 bytes (8 AVX-512 registers). Measured (docs/kernels.md): narrower tiles that keep
+# the gathered working set in L2/L3 were 1.5-10x *slower* at every n (indices re-read per tile, more
+# per-entry overhead), so we use the narrowest tile covering the whole batch row, up to 512 bytes.
+TILE_CHOICES = (64, 128, 256, 512)
+# Software prefetch distance (entries ahead) for the gathered rows: 16 halves the time per connection once
+# the dense operand leaves L3 (n >= 65536) and is neutral below. 0 disables.
+PREFETCH = int(os.environ.get("SPARSETRAIN_CPU_PREFETCH", 16))
+
+_lock = threading.Lock()
+_module: ModuleType | None = None
+_error: str | None = None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def build_key() -> str:
+    """Hash of everything the compiled binary depends on."""
+    h = hashlib.sha256(SOURCE.read_bytes())
+    for part in (*CFLAGS, *LDFLAGS, torch.__version__, sys.version, _cpu_model()):
+        h.update(part.encode())
+    return h.hexdigest()[:16]
+
+
+def build_directory() -> Path:
+    """Where the extension is built: $SPARSETRAIN_BUILD_DIR or ~/.cache/sparsetrain/kernels/<key>."""
+    root = os.environ.get("SPARSETRAIN_BUILD_DIR") or Path.home() / ".cache" / "sparsetrain" / "kernels"
+    return Path(root) / build_key()
+
+
+def _extension_name() -> str:
+    return f"sparsetrain_cpu_{build_key()}"
+
+
+def load(verbose: bool = False) -> ModuleType:
+    """Build (first time only, announcing it on stderr) and import the extension. Raises on failure."""
+    global _module, _error
+    with _lock:
+        if _module is not None:
+            return _module
+        if _error is not None:
+            raise RuntimeError(_error)
+        from torch.utils import cpp_extension
+
+        name = _extension_name()
+        try:
+            directory = build_directory()
+            directory.mkdir(parents=True, exist_ok=True)
+            if not (directory / f"{name}.so").exists():
+                print("sparsetrain: compiling CPU kernels (once, ~1 min)", file=sys.stderr, flush=True)
+            _module = cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=CFLAGS,
+                                         extra_ldflags=LDFLAGS, build_directory=str(directory), verbose=verbose)
+        except Exception as exc:  # record why, so every later call reports the same reason without retrying
+            first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+            _error = f"{type(exc).__name__}: {first_line}"
+            raise RuntimeError(_error) from exc
+        return _module
+
+
+def tile_bytes(R: int, element_size: int) -> int:
+    """Narrowest tile (bytes) that covers a batch row of R elements, at most 512 bytes."""
+    return next((t for t in TILE_CHOICES if t >= R * element_size), TILE_CHOICES[-1])
+
+
+def spmm(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, dense_fm: torch.Tensor,
+         n_cols: int) -> torch.Tensor:
+    """(n_rows, R) = CSR(n_rows x n_cols) @ dense_fm (n_cols, R)."""
+    dense_fm = dense_fm.contiguous()
+    tile = tile_bytes(dense_fm.shape[1], dense_fm.element_size())
+    return load().spmm(crow.contiguous(), col.contiguous(), values.contiguous(), dense_fm, tile, PREFETCH)
+
+
+def sddmm(crow: torch.Tensor, col: torch.Tensor, left_fm: torch.Tensor, right_fm: torch.Tensor) -> torch.Tensor:
+    """out[j] = <left_fm[row_j], right_fm[col_j]> at CSR coordinates."""
+    right_fm = right_fm.contiguous()
+    tile = tile_bytes(right_fm.shape[1], right_fm.element_size())
+    return load().sddmm(crow.contiguous(), col.contiguous(), left_fm.contiguous(), right_fm, False, tile, PREFETCH)
+
+
+def sddmm_coo(rows: torch.Tensor, cols: torch.Tensor, left_fm: torch.Tensor, right_fm: torch.Tensor) -> torch.Tensor:
+    """out[j] = <left_fm[rows_j], right_fm[cols_j]> at explicit (row-major sorted) coordinates."""
+    right_fm = right_fm.contiguous()
+    tile = tile_bytes(right_fm.shape[1], right_fm.element_size())
+    if cols.dtype != rows.dtype:
+        cols = cols.to(rows.dtype)
+    return load().sddmm(rows.contiguous(), cols.contiguous(), left_fm.contiguous(), right_fm, True, tile, PREFETCH)
+
+
+def transpose_order(col: torch.Tensor, n_cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stable counting sort: (perm, ccol), perm[j] = slot of the j-th entry in column-major order."""
+    return tuple(load().transpose_order(col.contiguous(), int(n_cols)))  # type: ignore[return-value]

@@ -1,0 +1,40 @@
+"""Smoke test of the benchmark machinery (--quick): it runs, prints a table and writes well-formed JSON."""
+from __future__ import annotations
+
+import json
+
+from sparsetrain import bench
+
+
+def test_layer_quick_writes_json_with_memory(tmp_path, capsys):
+    out = tmp_path / "layer.json"
+    assert bench.main(["layer", "--quick", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["batch"] == 128 and data["dtype"] == "float32" and data["machine"]["threads"] == 2
+    dense = [r for r in data["rows"] if r["backend"] == "dense"]
+    sparse = [r for r in data["rows"] if r["backend"] != "dense"]
+    assert len(dense) == 1 and {r["backend"] for r in sparse} >= {"torch"}
+    for r in data["rows"]:
+        assert r["min_s"] <= r["median_s"] <= r["max_s"] and r["speedup"] > 0
+        assert r["extra_bytes"] > 0  # a step allocates at least its activations and gradients
+    assert set(data["crossover"]["sparsity"]) == {r["backend"] for r in sparse}
+    assert "speed-up" in capsys.readouterr().out
+
+
+def test_scaling_and_mlp_quick(tmp_path):
+    assert bench.main(["scaling", "--quick", "--out", str(tmp_path / "s.json")]) == 0
+    scaling = json.loads((tmp_path / "s.json").read_text())
+    assert {r["n"] for r in scaling["rows"]} == {1024, 4096}
+    assert all(r["ns_per_connection"] > 0 for r in scaling["rows"])
+    assert all(isinstance(e, float) for e in scaling["exponent"].values())
+    assert bench.main(["mlp", "--quick", "--out", str(tmp_path / "m.json")]) == 0
+    mlp = json.loads((tmp_path / "m.json").read_text())
+    assert {r["backend"] for r in mlp["rows"]} >= {"dense", "torch"}
+    assert all(r["speedup"] > 0 for r in mlp["rows"])
+
+
+def test_fit_exponent_and_crossover_helpers():
+    assert abs(bench.fit_exponent([1, 2, 4, 8], [3, 12, 48, 192]) - 2.0) < 1e-12
+    # speed-up 0.5 at 0.6 and 2.0 at 0.8: log-linear interpolation crosses 1 half-way
+    assert abs(bench.crossover([(0.6, 0.5), (0.8, 2.0)]) - 0.7) < 1e-12
+    assert bench.crossover([(0.5, 0.2), (0.9, 0.9)]) is None
