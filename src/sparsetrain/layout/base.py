@@ -108,7 +108,9 @@ def validate_new_coordinates(new_coordinates: torch.Tensor, shape: tuple[int, in
     coords = new_coordinates.long()
     if coords.numel() and (coords.min() < 0 or (coords[:, 0] >= shape[0]).any() or (coords[:, 1] >= shape[1]).any()):
         raise ValueError(f"new_coordinates out of range for a weight of shape {shape}")
-    lin, _ = torch.sort(coords[:, 0] * shape[1] + coords[:, 1])
+    lin = coords[:, 0] * shape[1] + coords[:, 1]
+    if lin.numel() > 1 and not bool((lin[1:] > lin[:-1]).all()):  # already sorted and unique: no sort needed
+        lin, _ = torch.sort(lin)
     if lin.numel() > 1 and (lin[1:] == lin[:-1]).any():
         raise ValueError("new_coordinates contains duplicate positions")
     return lin
@@ -119,7 +121,7 @@ def validate_drop_slots(drop_slots: torch.Tensor, nnz: int) -> torch.Tensor:
     drop = drop_slots.long().flatten()
     if drop.numel() and (drop.min() < 0 or drop.max() >= nnz):
         raise ValueError(f"drop_slots must be in [0, {nnz}), got min {int(drop.min())} max {int(drop.max())}")
-    if drop.numel() > 1:
+    if drop.numel() > 1 and not bool((drop[1:] > drop[:-1]).all()):  # sorted and unique needs no sort
         s, _ = torch.sort(drop)
         if (s[1:] == s[:-1]).any():
             raise ValueError("drop_slots contains duplicates")

@@ -1,0 +1,106 @@
+"""Inactive positions to grow into, drawn without any dense-sized mask (PERFORMANCE.md "Growth candidates").
+
+Positions are int64 linear indices ``row · n_in + col``. The recipe everywhere: draw, sort, drop
+consecutive duplicates, drop active positions by ``searchsorted`` against the sorted active indices.
+No ``unique``/``isin`` on large tensors; nothing of size n_out × n_in unless the layer is at least half
+dense (then the inactive set is no larger than the active one and enumerating it is cheapest).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def drop_duplicates_and_active(sorted_lin: torch.Tensor, active_lin: torch.Tensor) -> torch.Tensor:
+    """From sorted positions keep each value once and only those not in the sorted ``active_lin``."""
+    if sorted_lin.numel() == 0:
+        return sorted_lin
+    if active_lin.numel():
+        at = torch.searchsorted(active_lin, sorted_lin).clamp_(max=active_lin.numel() - 1)
+        keep = active_lin[at] != sorted_lin
+    else:
+        keep = torch.ones_like(sorted_lin, dtype=torch.bool)
+    keep[1:] &= sorted_lin[1:] != sorted_lin[:-1]
+    return sorted_lin[keep]  # one boolean selection for both conditions
+
+
+def inactive_positions(active_lin: torch.Tensor, total: int) -> torch.Tensor:
+    """All inactive positions, sorted. O(total): call it only when total ≤ 2 · nnz (density ≥ 0.5)."""
+    free = torch.ones(total, dtype=torch.bool, device=active_lin.device)
+    free[active_lin] = False
+    return torch.nonzero(free).flatten()
+
+
+def sample_pairs(n_out: int, n_in: int, m: int, generator: torch.Generator, f: torch.Tensor | None = None,
+                 g: torch.Tensor | None = None) -> torch.Tensor:
+    """``m`` draws b ~ g (output unit), a ~ f (input unit), independent, with replacement, as b·n_in + a.
+
+    ``None`` means uniform. Non-uniform draws use the inverse CDF in float64 (no category limit,
+    zero-probability units are never drawn). Draw order: all b, then all a.
+    """
+    device = f.device if f is not None else (g.device if g is not None else "cpu")
+    b = _draw(n_out, m, generator, g, device)
+    a = _draw(n_in, m, generator, f, device)
+    return b * n_in + a
+
+
+def _draw(n: int, m: int, generator: torch.Generator, weights: torch.Tensor | None, device) -> torch.Tensor:
+    if weights is None:
+        return torch.randint(0, n, (m,), generator=generator, device=device)
+    cdf = torch.cumsum(weights.to(torch.float64), 0)
+    u = torch.rand(m, generator=generator, dtype=torch.float64, device=cdf.device) * cdf[-1]
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=n - 1)
+
+
+def sorted_uniform_draws(total: int, m: int, generator: torch.Generator, device="cpu") -> torch.Tensor:
+    """``m`` uniform draws from [0, total) with replacement, already ascending, so no sort is needed.
+
+    The order statistics of m uniforms are the partial sums of m + 1 exponential spacings divided by
+    their total; cumsum and scaling are monotone in floating point, so the output is sorted exactly
+    (uniform up to float64 rounding of the positions).
+    """
+    spacings = torch.empty(m + 1, dtype=torch.float64, device=device).exponential_(generator=generator)
+    sums = torch.cumsum(spacings, 0)
+    return (sums[:-1] * (total / float(sums[-1]))).long().clamp_(max=total - 1)
+
+
+def sampled_candidates(active_lin: torch.Tensor, shape: tuple[int, int], m: int, generator: torch.Generator,
+                       f: torch.Tensor | None = None, g: torch.Tensor | None = None) -> torch.Tensor:
+    """GSE candidates S: ``m`` sampled pairs, sorted, duplicates and actives dropped; |S| ≤ m (no resampling).
+
+    Uniform f and g make every position equally likely, so the draws come out sorted directly
+    (:func:`sorted_uniform_draws`); other samplers draw (b, a) pairs and sort them.
+    """
+    if f is None and g is None:
+        lin = sorted_uniform_draws(shape[0] * shape[1], m, generator, active_lin.device)
+    else:
+        lin = torch.sort(sample_pairs(shape[0], shape[1], m, generator, f, g)).values
+    return drop_duplicates_and_active(lin, active_lin)
+
+
+def uniform_inactive(active_lin: torch.Tensor, total: int, k: int, generator: torch.Generator) -> torch.Tensor:
+    """Exactly ``k`` distinct inactive positions, uniformly at random, sorted (SET growth).
+
+    Rejection sampling: draw uniformly, keep the distinct inactive ones, repeat until at least k, then
+    keep a uniformly random k of them (the set of distinct draws is a uniform subset given its size).
+    """
+    free = total - active_lin.numel()
+    if not 0 <= k <= free:
+        raise ValueError(f"cannot grow {k} positions: only {free} of {total} are inactive")
+    device = active_lin.device
+    if k == 0:
+        return torch.empty(0, dtype=torch.int64, device=device)
+    if 2 * active_lin.numel() >= total:
+        pool = inactive_positions(active_lin, total)
+    else:
+        pool = torch.empty(0, dtype=torch.int64, device=device)
+        while pool.numel() < k:
+            need = k - pool.numel()
+            draws = int(math.ceil(need * total / free * 1.25)) + 32
+            fresh = torch.randint(0, total, (draws,), generator=generator, device=device)
+            pool = drop_duplicates_and_active(torch.sort(torch.cat((pool, fresh))).values, active_lin)
+    if pool.numel() > k:
+        keep = torch.randperm(pool.numel(), generator=generator, device=device)[:k]
+        pool = torch.sort(pool[keep]).values
+    return pool

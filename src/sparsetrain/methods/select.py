@@ -1,0 +1,49 @@
+"""Deterministic selection: counts from a fraction, and top-k / bottom-k with ties to the lower index.
+
+Every selection in the engine goes through these two functions, so growth and pruning ties are broken
+the same way everywhere (gse.md §2.4: ties go to the lower linear index; callers pass scores in
+ascending linear-index order, which slot order is).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import check_choice
+
+K_ROUNDING = ("round", "floor", "ceil")
+
+
+def count_of(fraction: float, total: int, rule: str = "round") -> int:
+    """k = rule(fraction · total) (D4): 'round' is round half up; float noise below 1e-9 is ignored."""
+    check_choice(rule, "k_rounding", K_ROUNDING)
+    x = round(fraction * total, 9)
+    if rule == "round":
+        return int(math.floor(x + 0.5))
+    return int(math.floor(x)) if rule == "floor" else int(math.ceil(x))
+
+
+def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Ascending positions of the ``k`` largest scores; among equal scores the lower position wins.
+
+    ``torch.topk`` finds the threshold, then an exact tie cut marks a boolean mask: no sort at all.
+    """
+    n = scores.numel()
+    k = max(0, min(int(k), n))
+    if k == 0:
+        return torch.empty(0, dtype=torch.int64, device=scores.device)
+    if k == n:
+        return torch.arange(n, device=scores.device)
+    threshold = torch.topk(scores, k, sorted=False).values.min()
+    chosen = scores > threshold
+    missing = k - int(chosen.sum())
+    if missing:
+        ties = torch.nonzero(scores == threshold).flatten()[:missing]
+        chosen[ties] = True
+    return torch.nonzero(chosen).flatten()  # ascending without a sort
+
+
+def bottom_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Ascending positions of the ``k`` smallest scores; among equal scores the lower position wins."""
+    return top_k(-scores, k)
