@@ -1,6 +1,5 @@
 import json
 
-import torch
 from torch import nn
 
 import sparsetrain as st

@@ -29,7 +29,7 @@ def test_demo_runs_end_to_end_test_sized(tmp_path, capsys):
     assert main(["train", "--set", "train.max_steps=12", "--set", "train.log_every=5", "--out", str(run),
                  "--no-progress", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    for needle in ("test accuracy", "sparsity (sparse layers)", "parameter memory", "peak memory",
+    for needle in ("test accuracy", "sparsity (weight layers)", "parameter memory", "peak memory",
                    "topology updates", "2048x2048"):
         assert needle in out
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

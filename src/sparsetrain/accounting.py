@@ -104,24 +104,25 @@ class ModelAccount:
         return "\n".join(out)
 
 
-def format_bytes(n: int | None) -> str:
+def _scaled(n: float | None, base: int, units: tuple[str, ...], small: str) -> str:
+    """``n`` in the largest unit that keeps it below ``base`` (first unit printed as an integer)."""
     if n is None:
         return "?"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
+    for i, unit in enumerate(units):
+        if abs(n) < base or i == len(units) - 1:
+            return small.format(n, unit) if i == 0 else f"{n:.{1 if base == 1024 else 2}f}{unit}"
+        n /= base
     raise AssertionError
+
+
+def format_bytes(n: int | None) -> str:
+    """Bytes in B / KiB / MiB / GiB / TiB."""
+    return _scaled(n, 1024, ("B", " KiB", " MiB", " GiB", " TiB"), "{:.0f} {}")
 
 
 def format_count(n: int | None) -> str:
-    if n is None:
-        return "?"
-    for unit in ("", "K", "M", "G", "T"):
-        if abs(n) < 1000 or unit == "T":
-            return f"{n:.0f}" if unit == "" else f"{n:.2f}{unit}"
-        n /= 1000
-    raise AssertionError
+    """A count with K / M / G / T suffixes (powers of 1000)."""
+    return _scaled(n, 1000, ("", "K", "M", "G", "T"), "{:.0f}{}")
 
 
 def _positions(model: nn.Module, input_shape: tuple[int, ...], modules: dict[str, nn.Module]) -> dict[str, int]:

@@ -309,7 +309,7 @@ def run_mlp(args: argparse.Namespace) -> dict:
                     t = timed(step, reps)
                 rows.append({"width": w, "sparsity": s or 0.0, "backend": b, **t})
                 print(f"mlp width={w} s={s} {b} {t['median_s'] * 1e3:.1f} ms", flush=True)
-            del model, opt
+            model = opt = None  # free the dense model before the next one is built
         dense_t = next(r["median_s"] for r in rows if r["width"] == w and r["backend"] == "dense")
         for r in rows:
             if r["width"] == w:

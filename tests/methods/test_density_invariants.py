@@ -18,13 +18,17 @@ def _model():
 @pytest.mark.parametrize("distribution", ["uniform", "er", "erk"])
 @pytest.mark.parametrize("sparsity", [0.5, 0.9, 0.98])
 def test_layer_densities_meet_the_budget(distribution, sparsity):
-    model = sparsify(_model(), sparsity, distribution=distribution, seed=1)
-    layers = sparse_layers(model).values()
-    sizes = [math.prod(m.weight_shape) for m in layers]
-    shapes = {n: m.weight_shape for n, m in sparse_layers(model).items()}
+    dense = _model()
+    shapes = {n: tuple(m.weight.shape) for n, m in dense.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
     densities = layer_densities(shapes, sparsity, distribution)
     if distribution == "uniform":
         assert all(d == pytest.approx(1 - sparsity) for d in densities.values())
     assert all(d <= 1.0 for d in densities.values())
-    total_active = sum(m.nnz for m in layers)
-    assert abs(total_active - (1 - sparsity) * sum(sizes)) <= len(sizes)
+    model = sparsify(dense, sparsity, distribution=distribution, seed=1)
+    # layers ER/ERK saturate stay plain dense modules; they count toward the budget as fully active
+    active = {n: m.nnz for n, m in sparse_layers(model).items()}
+    active.update({n: m.weight.numel() for n, m in model.named_modules() if type(m) in (nn.Linear, nn.Conv2d)})
+    assert set(active) == set(shapes)
+    assert all(densities[n] == 1.0 for n in active if n not in sparse_layers(model))
+    total_active = sum(active.values())
+    assert abs(total_active - (1 - sparsity) * sum(math.prod(s) for s in shapes.values())) <= len(shapes)

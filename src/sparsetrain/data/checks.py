@@ -3,22 +3,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import check_int, check_number
 
 
 def positive_int(value: Any, field: str) -> int:
     """An int >= 1 (bools refused)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{field} must be a positive integer, got {value!r}")
-    return int(value)
+    return check_int(value, field, 1)
 
 
 def fraction(value: Any, field: str, *, closed_low: bool = False) -> float:
     """A number in (0, 1) (or [0, 1) with ``closed_low``)."""
-    ok = not isinstance(value, bool) and isinstance(value, (int, float))
-    if ok:
-        ok = (0.0 <= value < 1.0) if closed_low else (0.0 < value < 1.0)
-    if not ok:
-        interval = "[0, 1)" if closed_low else "(0, 1)"
-        raise ConfigError(f"{field} must be a number in {interval}, got {value!r}")
-    return float(value)
+    return check_number(value, field, 0.0, 1.0, low_open=not closed_low, high_open=True)

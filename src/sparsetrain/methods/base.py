@@ -16,7 +16,6 @@ random generators (seed, step, layer index) (D14) and orders layers in global se
 """
 from __future__ import annotations
 
-import math
 import numbers
 import time
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import torch
 from torch import nn
 
 from .. import rng
-from ..errors import ConfigError, check_choice
+from ..errors import ConfigError, check_choice, check_int, check_number
 from ..layout import MaskedLayout
 from ..nn import SparseModule, sparse_layers
 from ..schedule import Constant, Cosine, Schedule, UpdatePredicate, parse_schedule, schedule_spec
@@ -104,29 +103,6 @@ def _plain(value: Any) -> Any:
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
-    return value
-
-
-def check_number(value: Any, field: str, low: float, high: float, *, low_open: bool = False) -> float:
-    """A real number in [low, high] (or (low, high] with ``low_open``), else a ConfigError naming the field."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
-        raise ConfigError(f"{field} must be a number, got {value!r}")
-    v = float(value)
-    if v > high or v < low or (low_open and v == low):
-        bracket = "(" if low_open else "["
-        raise ConfigError(f"{field} must be in {bracket}{low}, {high}], got {value!r}")
-    return v
-
-
-def check_int(value: Any, field: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
-        raise ConfigError(f"{field} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def check_bool(value: Any, field: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{field} must be True or False, got {value!r}")
     return value
 
 

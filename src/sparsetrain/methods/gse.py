@@ -12,7 +12,8 @@ import math
 import torch
 
 from ..errors import check_choice
-from .base import DYNAMIC_DEFAULTS, GRADIENT_DEFAULTS, Layer, Method, Plan, check_int, check_number
+from ..errors import check_int, check_number
+from .base import DYNAMIC_DEFAULTS, GRADIENT_DEFAULTS, Layer, Method, Plan
 from .candidates import inactive_positions, sampled_candidates
 from .registry import register
 from .scores import SAMPLERS, gradient_at, sampler_weights

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import DYNAMIC_DEFAULTS, GRADIENT_DEFAULTS, Layer, Plan, PruneThenGrow, check_bool, check_int, check_number
+from ..errors import check_bool, check_int, check_number
+from .base import DYNAMIC_DEFAULTS, GRADIENT_DEFAULTS, Layer, Plan, PruneThenGrow
 from .registry import register
 from .scores import block_rows_for, blocked_gradient_top_k
 

@@ -20,15 +20,17 @@ def _projection(in_channels: int, out_channels: int, stride: int) -> nn.Module:
 
 
 class Basic(nn.Module):
+    """conv3×3-BN-ReLU-conv3×3-BN plus shortcut, then ReLU (the shortcut defaults to a 1×1 projection)."""
+
     expansion = 1
 
-    def __init__(self, in_channels: int, channels: int, stride: int):
+    def __init__(self, in_channels: int, channels: int, stride: int, shortcut: nn.Module | None = None):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, channels, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(channels)
         self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(channels)
-        self.shortcut = _projection(in_channels, channels, stride)
+        self.shortcut = shortcut if shortcut is not None else _projection(in_channels, channels, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))

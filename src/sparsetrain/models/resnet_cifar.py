@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import image_shape, scaled
+from .resnet import Basic
 
 
 class PadShortcut(nn.Module):
@@ -28,22 +29,11 @@ class PadShortcut(nn.Module):
         return f"stride={self.stride}, pad_channels={self.pad}"
 
 
-class BasicBlock(nn.Module):
-    """conv3×3-BN-ReLU-conv3×3-BN plus shortcut, then ReLU."""
-
-    def __init__(self, in_channels: int, channels: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, channels, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
-        self.shortcut = (PadShortcut(in_channels, channels, stride) if stride != 1 or in_channels != channels
-                         else nn.Identity())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+def basic_block(in_channels: int, channels: int, stride: int) -> Basic:
+    """The ImageNet basic block with an option-A (parameter-free) shortcut."""
+    shortcut = (PadShortcut(in_channels, channels, stride) if stride != 1 or in_channels != channels
+                else nn.Identity())
+    return Basic(in_channels, channels, stride, shortcut)
 
 
 class CifarResNet(nn.Module):
@@ -58,7 +48,7 @@ class CifarResNet(nn.Module):
         blocks, c_in = [], widths[0]
         for stage, c in enumerate(widths):
             for i in range(n):
-                blocks.append(BasicBlock(c_in, c, 2 if stage > 0 and i == 0 else 1))
+                blocks.append(basic_block(c_in, c, 2 if stage > 0 and i == 0 else 1))
                 c_in = c
         self.layers = nn.Sequential(*blocks)
         self.fc = nn.Linear(c_in, num_classes)

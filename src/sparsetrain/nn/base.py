@@ -39,6 +39,20 @@ def make_layout(kind: str, weight_shape: tuple[int, ...], nnz: int, generator: t
     raise ConfigError(f"layout must be one of 'compressed', 'masked'; got {kind!r}")
 
 
+def kernel_operands(x: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input and values in one dtype for the sparse kernels.
+
+    Under CUDA autocast both are cast to the autocast dtype (the cast is differentiable, so the fp32
+    values still get their gradient); otherwise the input is cast to the values' dtype, so a bf16 tensor
+    arriving from a dense layer (e.g. CPU autocast) is computed in fp32 rather than rejected.
+    """
+    device = x.device.type
+    if device == "cuda" and torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        return x.to(dtype), values.to(dtype)
+    return x.to(values.dtype), values
+
+
 class SparseModule(nn.Module):
     """Base of SparseLinear, SparseConv2d, MaskedLinear and MaskedConv2d.
 

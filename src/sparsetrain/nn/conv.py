@@ -13,7 +13,7 @@ from torch.nn.modules.utils import _pair
 
 from ..kernels import sparse_linear
 from ..layout import CompressedLayout
-from .base import SparseModule, make_layout, resolve_nnz
+from .base import SparseModule, kernel_operands, make_layout, resolve_nnz
 from .linear import MaskedModule
 
 
@@ -117,7 +117,8 @@ class SparseConv2d(_ConvShape, SparseModule):
         h_out, w_out = self.output_size(x.shape[2], x.shape[3])
         features = conv_features(x, self.kernel_size, self.dilation, self.padding, self.stride)
         L = self.layout
-        y = sparse_linear(features.t(), L.values, L.crow, L.col, L.ccol, L.row_t, L.perm_t, L.shape[1],
+        features, values = kernel_operands(features, L.values)
+        y = sparse_linear(features.t(), values, L.crow, L.col, L.ccol, L.row_t, L.perm_t, L.shape[1],
                           self.backward_observer)
         y = y.t().reshape(self.out_channels, n, h_out, w_out).permute(1, 0, 2, 3)
         if self.bias is not None:

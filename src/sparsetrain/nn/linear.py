@@ -7,7 +7,7 @@ from torch import nn
 
 from ..kernels import sparse_linear
 from ..layout import CompressedLayout, MaskedLayout
-from .base import SparseModule, make_layout, resolve_nnz
+from .base import SparseModule, kernel_operands, make_layout, resolve_nnz
 
 
 def _linear_geometry(module: nn.Linear) -> dict:
@@ -60,7 +60,8 @@ class SparseLinear(_LinearShape, SparseModule):
         self._check_input(x)
         lead = x.shape[:-1]
         L = self.layout
-        y = sparse_linear(x.reshape(-1, self.in_features), L.values, L.crow, L.col, L.ccol, L.row_t, L.perm_t,
+        x, values = kernel_operands(x, L.values)
+        y = sparse_linear(x.reshape(-1, self.in_features), values, L.crow, L.col, L.ccol, L.row_t, L.perm_t,
                           self.in_features, self.backward_observer)
         if self.bias is not None:
             y = y + self.bias

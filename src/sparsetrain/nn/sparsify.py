@@ -8,7 +8,7 @@ from typing import Iterable, Mapping
 from torch import nn
 
 from .. import rng
-from ..density import DISTRIBUTIONS, active_count, layer_densities
+from ..density import DISTRIBUTIONS, active_count, layer_densities, match_override
 from ..errors import ConfigError, check_choice, check_sparsity
 from ..layout import LAYOUTS
 from .conv import MaskedConv2d, SparseConv2d
@@ -48,7 +48,8 @@ def sparsify(model: nn.Module, sparsity: float, *, distribution: str = "erk", la
 
     ``sparsity`` is the fraction of zeros over all sparsified layers together; ``distribution``
     (uniform / er / erk) splits it across layers; ``exclude`` (names or globs) stay dense and outside
-    the budget; ``overrides`` maps names or globs to a fixed per-layer sparsity. Topology and values
+    the budget; ``overrides`` maps names or globs to a fixed per-layer sparsity. A layer that ER/ERK makes
+    fully dense stays an ordinary dense module (it counts toward the budget as dense). Topology and values
     draw from generators seeded by (seed, layer index). Returns ``model`` (or, when ``model`` is itself a
     Linear/Conv2d, its replacement).
     """
@@ -71,6 +72,8 @@ def sparsify(model: nn.Module, sparsity: float, *, distribution: str = "erk", la
                                 overrides=overrides, erk_power=erk_power, redistribute=redistribute)
     replacements = {}
     for index, (name, module) in enumerate(targets.items()):
+        if densities[name] >= 1.0 and distribution != "uniform" and match_override(name, overrides or {}) is None:
+            continue  # saturated by ER/ERK: an ordinary dense layer (compressed storage of a full matrix costs 5x)
         nnz = active_count(densities[name], math.prod(module.weight.shape))
         replacements[name] = _replacement(module, layout, nnz, rng.generator(seed, index), dense_grad)
     if "" in replacements:

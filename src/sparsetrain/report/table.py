@@ -41,7 +41,7 @@ def run_row(run: Run) -> dict[str, str]:
 
 
 def markdown_table(runs: list[Run]) -> str:
-    """GitHub-flavoured markdown; numbers right-aligned. Sparsity and weights count the sparse layers."""
+    """GitHub-flavoured markdown; numbers right-aligned. Sparsity and weights count all weight layers (sparse and dense)."""
     rows = [run_row(r) for r in runs]
     header = list(rows[0])
     align = ["---" if h in ("run", "model", "data", "method") else "---:" for h in header]

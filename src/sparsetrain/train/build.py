@@ -27,7 +27,9 @@ def build_datasets(config: Mapping, *, test_only: bool = False) -> tuple[Any, An
     from ..data import load_dataset
 
     data = config["data"]
-    kwargs = dict(root=data["root"], seed=config["seed"], **data["options"])
+    # The data set itself (MNIST-1D generation, digits split, teacher) is fixed by data.options.seed
+    # (default 0), not by the run seed: runs that differ only in seed train on the same data.
+    kwargs = dict(root=data["root"], **data["options"])
     try:
         train = None if test_only else load_dataset(data["name"], train=True, **kwargs)
         test = load_dataset(data["name"], train=False, **kwargs)

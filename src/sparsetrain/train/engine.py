@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..nn import sparse_layers
+from ..nn import SparseModule
 from ..rng import derive_seed
 from . import checkpoint as ckpt
 from .build import build_datasets, build_loader, build_method, build_network, resolve_device
@@ -35,14 +35,25 @@ def default_run_dir(name: str) -> Path:
     return Path("runs") / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
+def _weight_layers(model: torch.nn.Module) -> dict[str, tuple[int, int]]:
+    """(active, total) weights of every weight layer: sparse ones, and Linear/Conv2d left dense (e.g. ER-saturated)."""
+    counts = {}
+    for name, m in model.named_modules():
+        if isinstance(m, SparseModule):
+            counts[name] = (m.nnz, math.prod(m.weight_shape))
+        elif isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
+            counts[name] = (m.weight.numel(), m.weight.numel())
+    return counts
+
+
 def layer_densities(model: torch.nn.Module) -> dict[str, float]:
-    return {name: m.density for name, m in sparse_layers(model).items()}
+    return {name: active / total for name, (active, total) in _weight_layers(model).items()}
 
 
 def sparsity_totals(model: torch.nn.Module) -> tuple[int, int]:
-    """(active, total) weights over the sparse layers."""
-    layers = sparse_layers(model).values()
-    return sum(m.nnz for m in layers), sum(math.prod(m.weight_shape) for m in layers)
+    """(active, total) weights over all weight layers: the quantity the sparsity budget is set on."""
+    counts = _weight_layers(model).values()
+    return sum(a for a, _ in counts), sum(t for _, t in counts)
 
 
 class _Meter:

@@ -45,7 +45,7 @@ def finish_summary(trainer: "Trainer") -> dict:
         "",
         _kv("run folder", str(trainer.run_dir)),
         _kv("test accuracy", _pct(summary["test_accuracy"]) + f"  (best {_pct(summary['best_test_accuracy'])})"),
-        _kv("sparsity (sparse layers)", f"{t['sparsity']:.2%} ({t['active']:,} active of {t['total']:,} weights)"),
+        _kv("sparsity (weight layers)", f"{t['sparsity']:.2%} ({t['active']:,} active of {t['total']:,} weights)"),
         _kv("parameter memory", f"{format_bytes(t['value_bytes'])} values + {format_bytes(t['index_bytes'])} "
                                 f"indices in sparse layers; all parameters {format_bytes(t['parameter_bytes'])} "
                                 f"vs {format_bytes(t['dense_parameter_bytes'])} dense"),
