@@ -1,4 +1,5 @@
-"""Pure tensor kernels of a compressed layer: SpMM (forward and input gradient) and SDDMM.
+"""Pure tensor kernels of a compressed layer: SpMM (forward and input gradient), SDDMM, and the index
+operations of a topology update (topology.py: sampling, top-k selection, slot merge, transposed CSR).
 
 One dispatcher (backend.py) picks the implementation per call: Triton for CUDA tensors, our compiled
 C++/OpenMP kernels for CPU tensors, otherwise the stock-torch formulation (with one loud warning).
@@ -9,12 +10,32 @@ from __future__ import annotations
 
 import torch
 
-from .backend import KernelFallbackWarning, KernelUnavailableError, active_backends, implementation
+from .backend import (
+    KernelFallbackWarning,
+    KernelUnavailableError,
+    active_backends,
+    implementation,
+)
 from .linear import sparse_linear
+from .topology import (
+    coordinates_to_linear,
+    gather_or_zero,
+    linear_index,
+    linear_to_csr,
+    merge_entries,
+    order_check,
+    select_k,
+    sorted_uniform_draws,
+    transpose_csr,
+    unique_difference,
+)
 from .torch_ops import rows_to_crow
 
 __all__ = ["spmm", "sddmm", "sddmm_coo", "sparse_linear", "active_backends", "rows_to_crow", "transpose_order",
-           "KernelUnavailableError", "KernelFallbackWarning"]
+           "KernelUnavailableError", "KernelFallbackWarning",
+           # topology operations (topology.py)
+           "linear_index", "linear_to_csr", "sorted_uniform_draws", "unique_difference", "select_k", "merge_entries",
+           "transpose_csr", "gather_or_zero", "coordinates_to_linear", "order_check"]
 
 _INDEX_DTYPES = (torch.int32, torch.int64)
 

@@ -120,3 +120,46 @@ def sddmm_coo(rows: torch.Tensor, cols: torch.Tensor, left_fm: torch.Tensor, rig
 def transpose_order(col: torch.Tensor, n_cols: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Stable counting sort: (perm, ccol), perm[j] = slot of the j-th entry in column-major order."""
     return tuple(load().transpose_order(col.contiguous(), int(n_cols)))  # type: ignore[return-value]
+
+
+# --- topology operations (dispatch and torch versions in topology.py) ----------------------------------
+def linear_index(row: torch.Tensor, col: torch.Tensor, n_cols: int) -> torch.Tensor:
+    return load().linear_index(row.contiguous(), col.contiguous(), int(n_cols))
+
+
+def linear_to_csr(lin: torch.Tensor, n_rows: int, n_cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return tuple(load().linear_to_csr(lin.contiguous(), int(n_rows), int(n_cols)))  # type: ignore[return-value]
+
+
+def sorted_uniform_draws(total: int, m: int, seed: int, exclude: torch.Tensor | None = None) -> torch.Tensor:
+    return load().sorted_uniform_draws(int(total), int(m), int(seed), None if exclude is None else exclude.contiguous())
+
+
+def unique_difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return load().unique_difference(a.contiguous(), b.contiguous())
+
+
+def select_k(scores: torch.Tensor, k: int, largest: bool) -> torch.Tensor:
+    return load().select_k(scores.contiguous(), int(k), bool(largest))
+
+
+def merge_entries(row: torch.Tensor, col: torch.Tensor, drop: torch.Tensor, new_lin: torch.Tensor,
+                  n_cols: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    return tuple(load().merge_entries(row.contiguous(), col.contiguous(), drop.contiguous(),  # type: ignore[return-value]
+                                      new_lin.contiguous(), int(n_cols)))
+
+
+def transpose_csr(row: torch.Tensor, col: torch.Tensor, n_cols: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return tuple(load().transpose_csr(row.contiguous(), col.contiguous(), int(n_cols)))  # type: ignore[return-value]
+
+
+def gather_or_zero(src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return load().gather_or_zero(src, index.contiguous())
+
+
+def coordinates_to_linear(coords: torch.Tensor, n_rows: int, n_cols: int) -> tuple[torch.Tensor, bool, bool]:
+    return tuple(load().coordinates_to_linear(coords.contiguous(), int(n_rows), int(n_cols)))  # type: ignore[return-value]
+
+
+def order_check(t: torch.Tensor, high: int) -> tuple[bool, bool]:
+    return tuple(load().order_check(t.contiguous(), int(high)))  # type: ignore[return-value]

@@ -15,6 +15,9 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <functional>
 #include <cstdint>
 #include <vector>
 
@@ -240,59 +243,590 @@ torch::Tensor sddmm(torch::Tensor crow_or_rows, torch::Tensor col, torch::Tensor
 
 // Stable counting sort of col: perm lists entry ids in column-major order, ccol are the column pointers.
 // Per-thread histograms over contiguous entry ranges keep it stable and parallel: O(nnz + T * n_cols).
+// With row_in/row_out it also scatters each entry's row to its column-major position (the transposed
+// CSR's row indices) in the same pass, which saves a separate random gather.
+template <typename I>
+void counting_transpose(const I* c, int64_t nnz, int64_t n_cols, I* pm, I* cp, const I* row_in, I* row_out) {
+  const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(team_size(nnz * 16), nnz / 4096 + 1)));
+  std::vector<int64_t> counts(static_cast<size_t>(nt) * (n_cols + 1), 0);
+  bool bad = false;
+#pragma omp parallel num_threads(nt) reduction(|| : bad)
+  {
+    const int t = omp_get_thread_num();
+    int64_t* h = counts.data() + static_cast<size_t>(t) * (n_cols + 1);
+    const int64_t b = nnz * t / nt, e = nnz * (t + 1) / nt;
+    for (int64_t j = b; j < e; ++j) {
+      const int64_t v = c[j];
+      if (v < 0 || v >= n_cols) { bad = true; continue; }
+      ++h[v];
+    }
+  }
+  TORCH_CHECK(!bad, "col has entries outside [0, n_cols=", n_cols, ")");
+  int64_t off = 0;
+  for (int64_t k = 0; k < n_cols; ++k) {
+    cp[k] = static_cast<I>(off);
+    for (int t = 0; t < nt; ++t) {
+      int64_t& h = counts[static_cast<size_t>(t) * (n_cols + 1) + k];
+      const int64_t n = h;
+      h = off;  // becomes thread t's next write position for column k
+      off += n;
+    }
+  }
+  cp[n_cols] = static_cast<I>(off);
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num();
+    int64_t* pos = counts.data() + static_cast<size_t>(t) * (n_cols + 1);
+    const int64_t b = nnz * t / nt, e = nnz * (t + 1) / nt;
+    if (row_out != nullptr) {
+      for (int64_t j = b; j < e; ++j) {
+        const int64_t p = pos[c[j]]++;
+        pm[p] = static_cast<I>(j);
+        row_out[p] = row_in[j];
+      }
+    } else {
+      for (int64_t j = b; j < e; ++j) pm[pos[c[j]]++] = static_cast<I>(j);
+    }
+  }
+}
+
+void check_index_vector(const torch::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.dim() == 1 && t.is_contiguous(), name, " must be a contiguous 1-D CPU tensor");
+  TORCH_CHECK(t.scalar_type() == torch::kInt32 || t.scalar_type() == torch::kInt64,
+              name, " dtype must be int32 or int64, got ", t.scalar_type());
+}
+
 std::tuple<torch::Tensor, torch::Tensor> transpose_order(torch::Tensor col, int64_t n_cols) {
-  TORCH_CHECK(col.device().is_cpu() && col.dim() == 1 && col.is_contiguous(), "col must be a contiguous 1-D CPU tensor");
-  TORCH_CHECK(col.scalar_type() == torch::kInt32 || col.scalar_type() == torch::kInt64,
-              "col dtype must be int32 or int64, got ", col.scalar_type());
+  check_index_vector(col, "col");
   TORCH_CHECK(n_cols >= 0, "n_cols must be >= 0, got ", n_cols);
   const int64_t nnz = col.numel();
   auto perm = torch::empty({nnz}, col.options());
   auto ccol = torch::empty({n_cols + 1}, col.options());
   dispatch_index(col, [&](auto index_tag) {
     using I = decltype(index_tag);
-    const I* c = col.data_ptr<I>();
-    I* pm = perm.data_ptr<I>();
-    I* cp = ccol.data_ptr<I>();
-    const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(team_size(nnz * 16), nnz / 4096 + 1)));
-    std::vector<int64_t> counts(static_cast<size_t>(nt) * (n_cols + 1), 0);
-    bool bad = false;
-#pragma omp parallel num_threads(nt) reduction(|| : bad)
-    {
-      const int t = omp_get_thread_num();
-      int64_t* h = counts.data() + static_cast<size_t>(t) * (n_cols + 1);
-      const int64_t b = nnz * t / nt, e = nnz * (t + 1) / nt;
-      for (int64_t j = b; j < e; ++j) {
-        const int64_t v = c[j];
-        if (v < 0 || v >= n_cols) { bad = true; continue; }
-        ++h[v];
-      }
-    }
-    TORCH_CHECK(!bad, "col has entries outside [0, n_cols=", n_cols, ")");
-    int64_t off = 0;
-    for (int64_t k = 0; k < n_cols; ++k) {
-      cp[k] = static_cast<I>(off);
-      for (int t = 0; t < nt; ++t) {
-        int64_t& h = counts[static_cast<size_t>(t) * (n_cols + 1) + k];
-        const int64_t n = h;
-        h = off;  // becomes thread t's next write position for column k
-        off += n;
-      }
-    }
-    cp[n_cols] = static_cast<I>(off);
-#pragma omp parallel num_threads(nt)
-    {
-      const int t = omp_get_thread_num();
-      int64_t* pos = counts.data() + static_cast<size_t>(t) * (n_cols + 1);
-      const int64_t b = nnz * t / nt, e = nnz * (t + 1) / nt;
-      for (int64_t j = b; j < e; ++j) pm[pos[c[j]]++] = static_cast<I>(j);
-    }
+    counting_transpose<I>(col.data_ptr<I>(), nnz, n_cols, perm.data_ptr<I>(), ccol.data_ptr<I>(), nullptr, nullptr);
   });
   return {perm, ccol};
+}
+
+// ======================================================================================================
+// Topology operations: the index work of a topology update (candidate sampling, selection, slot merge).
+//
+// All are O(n) single or few-pass loops over sorted index lists, parallel over fixed chunks with OpenMP.
+// Results never depend on the number of threads (fixed chunking wherever floating-point sums or random
+// streams are involved). Linear indices are int64 row * n_cols + col; (row, col) arrays keep their dtype.
+// ======================================================================================================
+namespace {
+
+// Memory-bound passes: a team pays off from about this many elements (see kSerialWork).
+inline int team_for(int64_t n) { return team_size(n * 8); }
+
+inline int64_t chunk_count(int nt, int64_t n, int64_t grain) {
+  return std::max<int64_t>(1, std::min<int64_t>(int64_t(nt) * kChunksPerThread, n / grain + 1));
+}
+
+// x = q * n + r with 0 <= r < n, through a float64 reciprocal (exact after one correction for x < 2^52):
+// int64 division costs 10-40 cycles, this one multiply.
+struct Divider {
+  int64_t n;
+  double inv;
+  explicit Divider(int64_t d) : n(d), inv(1.0 / static_cast<double>(d)) {}
+  inline void divmod(int64_t x, int64_t& q, int64_t& r) const {
+    if (x < 0 || x >= (int64_t(1) << 52)) { q = x / n; r = x % n; return; }
+    q = static_cast<int64_t>(static_cast<double>(x) * inv);
+    r = x - q * n;
+    if (r < 0) { --q; r += n; } else if (r >= n) { ++q; r -= n; }
+  }
+};
+
+inline uint64_t splitmix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+// Exp(1) spacing number i of the stream `seed`: counter-based (SplitMix64 of seed + i), so any block of
+// the stream can be generated independently. u in (0, 1] with 53 random bits.
+inline double exp_spacing(uint64_t seed, int64_t i) {
+  const uint64_t x = splitmix64(seed + static_cast<uint64_t>(i) * 0x9E3779B97F4A7C15ull);
+  const double u = static_cast<double>((x >> 11) + 1) * 0x1.0p-53;
+  return -std::log(u);
+}
+
+constexpr int64_t kDrawBlock = int64_t(1) << 15;  // fixed, so positions do not depend on the thread count
+
+// Order-preserving unsigned keys of floating-point scores: -0.0 equals +0.0, every NaN is above +inf.
+template <typename T> struct KeyOf;
+template <> struct KeyOf<float> {
+  using K = uint32_t;
+  static inline K key(float x) {
+    if (x != x) return ~K(0);
+    if (x == 0.0f) return K(1) << 31;
+    K u; std::memcpy(&u, &x, sizeof u);
+    return (u >> 31) ? ~u : (u | (K(1) << 31));
+  }
+};
+template <> struct KeyOf<double> {
+  using K = uint64_t;
+  static inline K key(double x) {
+    if (x != x) return ~K(0);
+    if (x == 0.0) return K(1) << 63;
+    K u; std::memcpy(&u, &x, sizeof u);
+    return (u >> 63) ? ~u : (u | (K(1) << 63));
+  }
+};
+
+constexpr int kTopBits = 16;
+
+// Positions of the k largest keys (smallest with `largest` false), ascending; ties to the lower position.
+// Three passes over the scores: (1) per-thread histogram of the top 16 key bits finds the bin b holding the
+// k-th key; (2) per fixed chunk, count keys above bin b and collect the positions inside it (a small set),
+// whose nth_element gives the exact k-th key T; (3) write every key above T and the first (k - #above)
+// keys equal to T, each chunk at an offset known from the counts.
+template <typename T>
+void select_k_impl(const T* s, int64_t n, int64_t k, bool largest, int64_t* out) {
+  using KO = KeyOf<T>;
+  using K = typename KO::K;
+  constexpr int kShift = 8 * static_cast<int>(sizeof(K)) - kTopBits;
+  constexpr int64_t kBins = int64_t(1) << kTopBits;
+  auto key = [&](int64_t i) -> K { const K x = KO::key(s[i]); return largest ? x : ~x; };
+  const int nt = team_for(n);
+  std::vector<int64_t> hist(static_cast<size_t>(nt) * kBins, 0);
+#pragma omp parallel num_threads(nt)
+  {
+    int64_t* h = hist.data() + static_cast<size_t>(omp_get_thread_num()) * kBins;
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < n; ++i) ++h[key(i) >> kShift];
+  }
+  int64_t above = 0, bin = kBins - 1;
+  for (; bin >= 0; --bin) {
+    int64_t count = 0;
+    for (int t = 0; t < nt; ++t) count += hist[static_cast<size_t>(t) * kBins + bin];
+    if (above + count >= k) break;
+    above += count;
+  }
+  const int64_t n_chunks = chunk_count(nt, n, 1 << 14);
+  std::vector<int64_t> n_gt(n_chunks), n_eq(n_chunks);
+  std::vector<std::vector<int64_t>> in_bin(n_chunks);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+  for (int64_t c = 0; c < n_chunks; ++c) {
+    int64_t gt = 0;
+    for (int64_t i = n * c / n_chunks, e = n * (c + 1) / n_chunks; i < e; ++i) {
+      const int64_t top = static_cast<int64_t>(key(i) >> kShift);
+      gt += top > bin;
+      if (top == bin) in_bin[c].push_back(i);
+    }
+    n_gt[c] = gt;
+  }
+  std::vector<K> bin_keys;
+  for (const auto& v : in_bin) for (int64_t i : v) bin_keys.push_back(key(i));
+  const int64_t need = k - above;  // 1 <= need <= bin_keys.size()
+  TORCH_CHECK(need >= 1 && need <= static_cast<int64_t>(bin_keys.size()), "select_k: internal error");
+  std::nth_element(bin_keys.begin(), bin_keys.begin() + (need - 1), bin_keys.end(), std::greater<K>());
+  const K threshold = bin_keys[need - 1];
+  for (int64_t c = 0; c < n_chunks; ++c) {
+    int64_t eq = 0;
+    for (int64_t i : in_bin[c]) {
+      const K x = key(i);
+      n_gt[c] += x > threshold;
+      eq += x == threshold;
+    }
+    n_eq[c] = eq;
+  }
+  int64_t ties_left = k;
+  for (int64_t c = 0; c < n_chunks; ++c) ties_left -= n_gt[c];
+  std::vector<int64_t> offset(n_chunks), ties(n_chunks);
+  int64_t written = 0;
+  for (int64_t c = 0; c < n_chunks; ++c) {
+    ties[c] = std::min(n_eq[c], ties_left);
+    ties_left -= ties[c];
+    offset[c] = written;
+    written += n_gt[c] + ties[c];
+  }
+  TORCH_CHECK(written == k && ties_left == 0, "select_k: internal error (selected ", written, " of ", k, ")");
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+  for (int64_t c = 0; c < n_chunks; ++c) {
+    int64_t w = offset[c], t = ties[c];
+    for (int64_t i = n * c / n_chunks, e = n * (c + 1) / n_chunks; i < e; ++i) {
+      const K x = key(i);
+      if (x > threshold || (x == threshold && t > 0)) {
+        out[w++] = i;
+        if (x == threshold) --t;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+torch::Tensor linear_index(torch::Tensor row, torch::Tensor col, int64_t n_cols) {
+  check_common(row, col, "row");
+  TORCH_CHECK(row.numel() == col.numel(), "row and col must have the same length");
+  const int64_t n = row.numel();
+  auto out = torch::empty({n}, row.options().dtype(torch::kInt64));
+  int64_t* o = out.data_ptr<int64_t>();
+  dispatch_index(row, [&](auto tag) {
+    using I = decltype(tag);
+    const I* r = row.data_ptr<I>();
+    const I* c = col.data_ptr<I>();
+#pragma omp parallel for num_threads(team_for(n)) schedule(static)
+    for (int64_t i = 0; i < n; ++i) o[i] = static_cast<int64_t>(r[i]) * n_cols + static_cast<int64_t>(c[i]);
+  });
+  return out;
+}
+
+// CSR (row pointers, columns) of sorted linear indices: one pass, the row pointer of row q is written by
+// the first entry at or after row q.
+std::tuple<torch::Tensor, torch::Tensor> linear_to_csr(torch::Tensor lin, int64_t n_rows, int64_t n_cols) {
+  TORCH_CHECK(lin.device().is_cpu() && lin.dim() == 1 && lin.is_contiguous() && lin.scalar_type() == torch::kInt64,
+              "lin must be a contiguous 1-D int64 CPU tensor");
+  TORCH_CHECK_VALUE(n_rows >= 0 && n_cols >= 1, "linear_to_csr needs n_rows >= 0 and n_cols >= 1, got ", n_rows,
+                    " and ", n_cols);
+  const int64_t n = lin.numel(), total = n_rows * n_cols;
+  const int64_t* x = lin.data_ptr<int64_t>();
+  const int nt = team_for(n);
+  bool bad = false;
+#pragma omp parallel for num_threads(nt) schedule(static) reduction(|| : bad)
+  for (int64_t i = 0; i < n; ++i) bad = bad || x[i] < 0 || x[i] >= total || (i > 0 && x[i - 1] > x[i]);
+  TORCH_CHECK_VALUE(!bad, "lin must be sorted ascending with entries in [0, n_rows * n_cols = ", total, ")");
+  auto crow = torch::empty({n_rows + 1}, lin.options());
+  auto col = torch::empty({n}, lin.options());
+  int64_t* cp = crow.data_ptr<int64_t>();
+  int64_t* co = col.data_ptr<int64_t>();
+  const Divider div(n_cols);
+  const int64_t n_chunks = chunk_count(nt, n, 1 << 14);
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t c = 0; c < n_chunks; ++c) {
+    const int64_t b = n * c / n_chunks, e = n * (c + 1) / n_chunks;
+    int64_t prev_row = -1, r, q;
+    if (b > 0) div.divmod(x[b - 1], prev_row, q);
+    for (int64_t i = b; i < e; ++i) {
+      div.divmod(x[i], r, q);
+      co[i] = q;
+      for (int64_t k = prev_row + 1; k <= r; ++k) cp[k] = i;
+      prev_row = r;
+    }
+  }
+  int64_t last_row = -1, q;
+  if (n > 0) div.divmod(x[n - 1], last_row, q);
+  for (int64_t k = last_row + 1; k <= n_rows; ++k) cp[k] = n;
+  return {crow, col};
+}
+
+// m uniform draws from [0, total) with replacement, ascending: positions floor(S_i * total / S_{m+1}) of the
+// partial sums S_i of m + 1 Exp(1) spacings (order statistics of uniforms). Two passes over fixed blocks:
+// block sums, then each value as (sum of earlier blocks) + (partial sum inside its block), which is
+// monotone across block borders exactly, so the output is sorted without a sort. With `exclude` (sorted),
+// the second pass keeps each position once and only when it is not in `exclude` (a merge against it, so
+// the draws are never stored in full).
+torch::Tensor sorted_uniform_draws(int64_t total, int64_t m, int64_t seed, c10::optional<torch::Tensor> exclude) {
+  TORCH_CHECK_VALUE(total >= 1 && m >= 0, "sorted_uniform_draws needs total >= 1 and m >= 0, got ", total, " and ", m);
+  const bool unique = exclude.has_value();
+  const int64_t* ex = nullptr;
+  int64_t n_ex = 0;
+  if (unique) {
+    const auto& t = *exclude;
+    TORCH_CHECK(t.device().is_cpu() && t.dim() == 1 && t.is_contiguous() && t.scalar_type() == torch::kInt64,
+                "exclude must be a contiguous 1-D int64 CPU tensor");
+    ex = t.data_ptr<int64_t>();
+    n_ex = t.numel();
+    bool unsorted = false;
+#pragma omp parallel for num_threads(team_for(n_ex)) schedule(static) reduction(|| : unsorted)
+    for (int64_t j = 1; j < n_ex; ++j) unsorted = unsorted || ex[j - 1] > ex[j];
+    TORCH_CHECK_VALUE(!unsorted, "exclude must be sorted ascending");
+  }
+  auto out = torch::empty({m}, torch::TensorOptions().dtype(torch::kInt64));
+  if (m == 0) return out;
+  const uint64_t s = static_cast<uint64_t>(seed);
+  const int64_t n_sp = m + 1, n_blocks = (n_sp + kDrawBlock - 1) / kDrawBlock;
+  int64_t* o = out.data_ptr<int64_t>();
+  double* spacing = reinterpret_cast<double*>(o);  // the spacings live in the output until replaced
+  std::vector<double> block_sum(n_blocks);
+  std::vector<int64_t> kept(n_blocks);
+  const int nt = team_size(n_sp * 32);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+  for (int64_t b = 0; b < n_blocks; ++b) {
+    double p = 0.0;
+    for (int64_t i = b * kDrawBlock, e = std::min(n_sp, (b + 1) * kDrawBlock); i < e; ++i) {
+      const double v = exp_spacing(s, i);
+      if (i < m) spacing[i] = v;
+      p += v;
+    }
+    block_sum[b] = p;
+  }
+  std::vector<double> start(n_blocks + 1, 0.0);
+  for (int64_t b = 0; b < n_blocks; ++b) start[b + 1] = start[b] + block_sum[b];
+  const double scale = static_cast<double>(total) / start[n_blocks];
+  auto position = [&](double v) { return std::min(static_cast<int64_t>(v * scale), total - 1); };
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+  for (int64_t b = 0; b < n_blocks; ++b) {
+    double p = 0.0;
+    const double base = start[b];
+    const int64_t begin = b * kDrawBlock, end = std::min(m, (b + 1) * kDrawBlock);
+    if (!unique) {
+      for (int64_t i = begin; i < end; ++i) {
+        p += spacing[i];
+        o[i] = position(base + p);
+      }
+      continue;
+    }
+    // the previous block's last value is exactly start[b] (same partial sums), so duplicates across the
+    // border are seen too
+    int64_t prev = b == 0 ? -1 : position(base), w = begin, j = -1;
+    for (int64_t i = begin; i < end; ++i) {
+      p += spacing[i];
+      const int64_t pos = position(base + p);
+      if (pos == prev) continue;
+      prev = pos;
+      if (j < 0) j = std::lower_bound(ex, ex + n_ex, pos) - ex;
+      while (j < n_ex && ex[j] < pos) ++j;
+      if (j < n_ex && ex[j] == pos) continue;
+      o[w++] = pos;  // w <= i: only spacings already read are overwritten
+    }
+    kept[b] = w - begin;
+  }
+  if (!unique) return out;
+  int64_t total_kept = 0;
+  for (int64_t b = 0; b < n_blocks; ++b) {
+    const int64_t begin = b * kDrawBlock;
+    if (total_kept != begin && kept[b] > 0) std::memmove(o + total_kept, o + begin, kept[b] * sizeof(int64_t));
+    total_kept += kept[b];
+  }
+  return out.resize_({total_kept});
+}
+
+// Sorted a, each value once, without the values of sorted b: a linear merge per chunk of a (its start in b
+// by binary search), written in place per chunk and then compacted.
+torch::Tensor unique_difference(torch::Tensor a, torch::Tensor b) {
+  check_common(a, b, "a");
+  const int64_t na = a.numel(), nb = b.numel();
+  auto out = torch::empty({na}, a.options());
+  int64_t total = 0;
+  dispatch_index(a, [&](auto tag) {
+    using I = decltype(tag);
+    const I* x = a.data_ptr<I>();
+    const I* y = b.data_ptr<I>();
+    I* o = out.data_ptr<I>();
+    const int nt = team_for(na + nb);
+    const int64_t n_chunks = chunk_count(nt, na, 1 << 14);
+    std::vector<int64_t> kept(n_chunks);
+    bool unsorted = false;
+    for (int64_t j = 1; j < nb && !unsorted; ++j) unsorted = y[j - 1] > y[j];
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(|| : unsorted)
+    for (int64_t c = 0; c < n_chunks; ++c) {
+      const int64_t begin = na * c / n_chunks, end = na * (c + 1) / n_chunks;
+      int64_t w = begin;
+      if (begin < end) {
+        int64_t j = std::lower_bound(y, y + nb, x[begin]) - y;
+        for (int64_t i = begin; i < end; ++i) {
+          const I v = x[i];
+          if (i > 0 && x[i - 1] >= v) {
+            unsorted = unsorted || x[i - 1] > v;
+            continue;
+          }
+          while (j < nb && y[j] < v) ++j;
+          if (j < nb && y[j] == v) continue;
+          o[w++] = v;
+        }
+      }
+      kept[c] = w - begin;
+    }
+    TORCH_CHECK_VALUE(!unsorted, "unique_difference needs both inputs sorted ascending");
+    for (int64_t c = 0; c < n_chunks; ++c) {
+      const int64_t begin = na * c / n_chunks;
+      if (total != begin && kept[c] > 0) std::memmove(o + total, o + begin, kept[c] * sizeof(I));
+      total += kept[c];
+    }
+  });
+  return out.resize_({total});
+}
+
+torch::Tensor select_k(torch::Tensor scores, int64_t k, bool largest) {
+  TORCH_CHECK(scores.device().is_cpu() && scores.dim() == 1 && scores.is_contiguous(),
+              "scores must be a contiguous 1-D CPU tensor");
+  const int64_t n = scores.numel();
+  k = std::max<int64_t>(0, std::min(k, n));
+  if (k == n) return torch::arange(n, scores.options().dtype(torch::kInt64));
+  auto out = torch::empty({k}, scores.options().dtype(torch::kInt64));
+  if (k == 0) return out;
+  if (scores.scalar_type() == torch::kFloat32)
+    select_k_impl<float>(scores.data_ptr<float>(), n, k, largest, out.data_ptr<int64_t>());
+  else if (scores.scalar_type() == torch::kFloat64)
+    select_k_impl<double>(scores.data_ptr<double>(), n, k, largest, out.data_ptr<int64_t>());
+  else
+    TORCH_CHECK(false, "select_k supports float32 and float64 scores, got ", scores.scalar_type());
+  return out;
+}
+
+// Kept entries (all slots but the sorted `drop`) merged with the sorted new linear indices, row-major.
+// Returns the new (row, col), the old slot of each new slot (-1: a new entry) and the number of new
+// entries equal to a kept one (the caller must reject the result when it is not 0). Parallel over chunks
+// of old slots; each chunk finds its new entries and drops by binary search, so its output offset is known.
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, int64_t> merge_entries(
+    torch::Tensor row, torch::Tensor col, torch::Tensor drop, torch::Tensor new_lin, int64_t n_cols) {
+  check_common(row, col, "row");
+  TORCH_CHECK(row.numel() == col.numel(), "row and col must have the same length");
+  for (const auto* t : {&drop, &new_lin})
+    TORCH_CHECK(t->device().is_cpu() && t->dim() == 1 && t->is_contiguous() && t->scalar_type() == torch::kInt64,
+                "drop and new_lin must be contiguous 1-D int64 CPU tensors");
+  TORCH_CHECK_VALUE(n_cols >= 1, "n_cols must be >= 1, got ", n_cols);
+  const int64_t nnz = row.numel(), nd = drop.numel(), nn = new_lin.numel();
+  const int64_t* d = drop.data_ptr<int64_t>();
+  const int64_t* nl = new_lin.data_ptr<int64_t>();
+  for (int64_t i = 0; i < nd; ++i)
+    TORCH_CHECK_VALUE(d[i] >= 0 && d[i] < nnz && (i == 0 || d[i - 1] < d[i]),
+                      "drop must be strictly increasing slots in [0, ", nnz, ")");
+  for (int64_t i = 0; i < nn; ++i)
+    TORCH_CHECK_VALUE(nl[i] >= 0 && (i == 0 || nl[i - 1] < nl[i]), "new_lin must be strictly increasing and >= 0");
+  const int64_t n_out = nnz - nd + nn;
+  auto out_row = torch::empty({n_out}, row.options());
+  auto out_col = torch::empty({n_out}, row.options());
+  auto source = torch::empty({n_out}, row.options());
+  int64_t collisions = 0;
+  dispatch_index(row, [&](auto tag) {
+    using I = decltype(tag);
+    const I* r = row.data_ptr<I>();
+    const I* c = col.data_ptr<I>();
+    I* orow = out_row.data_ptr<I>();
+    I* ocol = out_col.data_ptr<I>();
+    I* src = source.data_ptr<I>();
+    auto lin_at = [&](int64_t i) { return static_cast<int64_t>(r[i]) * n_cols + static_cast<int64_t>(c[i]); };
+    const Divider div(n_cols);
+    const int nt = team_for(nnz + nn);
+    const int64_t n_chunks = std::min<int64_t>(chunk_count(nt, nnz, 1 << 14), std::max<int64_t>(1, nnz));
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(+ : collisions)
+    for (int64_t ch = 0; ch < n_chunks; ++ch) {
+      const int64_t s0 = nnz * ch / n_chunks, s1 = nnz * (ch + 1) / n_chunks;
+      const int64_t j0 = ch == 0 ? 0 : std::lower_bound(nl, nl + nn, lin_at(s0)) - nl;
+      const int64_t j1 = ch == n_chunks - 1 ? nn : std::lower_bound(nl, nl + nn, lin_at(s1)) - nl;
+      int64_t di = std::lower_bound(d, d + nd, s0) - d;
+      int64_t w = s0 - di + j0, i = s0, j = j0;
+      while (true) {
+        while (i < s1 && di < nd && d[di] == i) { ++i; ++di; }
+        const bool has_old = i < s1, has_new = j < j1;
+        if (!has_old && !has_new) break;
+        const int64_t old_lin = has_old ? lin_at(i) : 0;
+        if (has_old && (!has_new || old_lin <= nl[j])) {
+          if (has_new && old_lin == nl[j]) ++collisions;
+          orow[w] = r[i]; ocol[w] = c[i]; src[w] = static_cast<I>(i); ++w; ++i;
+        } else {
+          int64_t q, rem;
+          div.divmod(nl[j], q, rem);
+          orow[w] = static_cast<I>(q); ocol[w] = static_cast<I>(rem); src[w] = I(-1); ++w; ++j;
+        }
+      }
+    }
+  });
+  return {out_row, out_col, source, collisions};
+}
+
+// Transposed CSR of row-major (row, col) entries: (perm, ccol, row_t) in one counting sort.
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> transpose_csr(torch::Tensor row, torch::Tensor col,
+                                                                      int64_t n_cols) {
+  check_common(row, col, "row");
+  TORCH_CHECK(row.numel() == col.numel(), "row and col must have the same length");
+  TORCH_CHECK(n_cols >= 0, "n_cols must be >= 0, got ", n_cols);
+  const int64_t nnz = col.numel();
+  auto perm = torch::empty({nnz}, col.options());
+  auto ccol = torch::empty({n_cols + 1}, col.options());
+  auto row_t = torch::empty({nnz}, col.options());
+  dispatch_index(col, [&](auto tag) {
+    using I = decltype(tag);
+    counting_transpose<I>(col.data_ptr<I>(), nnz, n_cols, perm.data_ptr<I>(), ccol.data_ptr<I>(), row.data_ptr<I>(),
+                          row_t.data_ptr<I>());
+  });
+  return {perm, ccol, row_t};
+}
+
+// out[i] = src[index[i]], or 0 where index[i] < 0 (a remap of parameter-shaped state across a slot change).
+template <typename T, typename I>
+bool gather_or_zero_impl(const T* sp, int64_t ns, const I* ix, T* o, int64_t n) {
+  bool bad = false;
+#pragma omp parallel for num_threads(team_for(n)) schedule(static) reduction(|| : bad)
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t j = ix[i];
+    if (j >= ns) bad = true;
+    o[i] = (j >= 0 && j < ns) ? sp[j] : T(0);
+  }
+  return bad;
+}
+
+torch::Tensor gather_or_zero(torch::Tensor src, torch::Tensor index) {
+  check_index_vector(index, "index");
+  TORCH_CHECK(src.device().is_cpu() && src.dim() == 1, "src must be a 1-D CPU tensor");
+  auto s = src.contiguous();
+  const int64_t n = index.numel(), ns = s.numel();
+  auto out = torch::empty({n}, s.options());
+  bool bad = false;
+  AT_DISPATCH_ALL_TYPES_AND3(torch::kHalf, torch::kBFloat16, torch::kBool, s.scalar_type(), "gather_or_zero", [&] {
+    dispatch_index(index, [&](auto tag) {
+      using I = decltype(tag);
+      bad = gather_or_zero_impl<scalar_t, I>(s.data_ptr<scalar_t>(), ns, index.data_ptr<I>(), out.data_ptr<scalar_t>(), n);
+    });
+  });
+  TORCH_CHECK_VALUE(!bad, "gather_or_zero: index has entries >= src length ", ns);
+  return out;
+}
+
+// Linear indices of (k, 2) (row, col) coordinates, with whether all are in range and strictly increasing.
+std::tuple<torch::Tensor, bool, bool> coordinates_to_linear(torch::Tensor coords, int64_t n_rows, int64_t n_cols) {
+  TORCH_CHECK(coords.device().is_cpu() && coords.dim() == 2 && coords.size(1) == 2 && coords.is_contiguous(),
+              "coords must be a contiguous (k, 2) CPU tensor");
+  TORCH_CHECK(coords.scalar_type() == torch::kInt32 || coords.scalar_type() == torch::kInt64,
+              "coords dtype must be int32 or int64, got ", coords.scalar_type());
+  const int64_t k = coords.size(0);
+  auto lin = torch::empty({k}, coords.options().dtype(torch::kInt64));
+  int64_t* o = lin.data_ptr<int64_t>();
+  bool out_of_range = false, unordered = false;
+  dispatch_index(coords, [&](auto tag) {
+    using I = decltype(tag);
+    const I* p = coords.data_ptr<I>();
+#pragma omp parallel for num_threads(team_for(k)) schedule(static) reduction(|| : out_of_range, unordered)
+    for (int64_t i = 0; i < k; ++i) {
+      const int64_t r = p[2 * i], c = p[2 * i + 1];
+      out_of_range = out_of_range || r < 0 || r >= n_rows || c < 0 || c >= n_cols;
+      o[i] = r * n_cols + c;
+      if (i > 0) {
+        const int64_t pr = p[2 * i - 2], pc = p[2 * i - 1];
+        unordered = unordered || pr > r || (pr == r && pc >= c);
+      }
+    }
+  });
+  return {lin, !out_of_range, !unordered};
+}
+
+// Whether every entry is in [0, high) and the sequence is strictly increasing.
+std::tuple<bool, bool> order_check(torch::Tensor t, int64_t high) {
+  check_index_vector(t, "t");
+  const int64_t n = t.numel();
+  bool out_of_range = false, unordered = false;
+  dispatch_index(t, [&](auto tag) {
+    using I = decltype(tag);
+    const I* x = t.data_ptr<I>();
+#pragma omp parallel for num_threads(team_for(n)) schedule(static) reduction(|| : out_of_range, unordered)
+    for (int64_t i = 0; i < n; ++i) {
+      out_of_range = out_of_range || x[i] < 0 || x[i] >= high;
+      unordered = unordered || (i > 0 && x[i - 1] >= x[i]);
+    }
+  });
+  return {!out_of_range, !unordered};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("spmm", &spmm, "feature-major CSR SpMM: (n_rows, R) = CSR @ (n_cols, R)");
   m.def("sddmm", &sddmm, "SDDMM at CSR (coo=false) or COO (coo=true) coordinates");
   m.def("transpose_order", &transpose_order, "stable counting sort of column indices: (perm, ccol)");
+  // topology operations
+  m.def("linear_index", &linear_index, "int64 row * n_cols + col");
+  m.def("linear_to_csr", &linear_to_csr, "CSR (crow, col) of sorted int64 linear indices");
+  m.def("sorted_uniform_draws", &sorted_uniform_draws, "m sorted uniform draws from [0, total), seeded");
+  m.def("unique_difference", &unique_difference, "sorted unique values of a that are not in sorted b");
+  m.def("select_k", &select_k, "ascending positions of the k largest/smallest scores, ties to the lower position");
+  m.def("merge_entries", &merge_entries, "kept entries merged with sorted new ones: (row, col, source, collisions)");
+  m.def("transpose_csr", &transpose_csr, "transposed CSR by counting sort: (perm, ccol, row_t)");
+  m.def("gather_or_zero", &gather_or_zero, "src[index], 0 where index < 0");
+  m.def("coordinates_to_linear", &coordinates_to_linear, "(lin, all in range, strictly increasing)");
+  m.def("order_check", &order_check, "(all in [0, high), strictly increasing)");
   m.def("num_threads", []() { return at::get_num_threads(); });
 }

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..kernels import coordinates_to_linear, gather_or_zero, order_check
+
 
 class SlotRemap(ABC):
     """What ``Layout.replace`` changed, in the form an optimizer-state reset needs."""
@@ -28,9 +30,7 @@ class GatherRemap(SlotRemap):
     source: torch.Tensor
 
     def apply(self, state: torch.Tensor) -> torch.Tensor:
-        out = state[self.source.clamp(min=0)]
-        out[self.source < 0] = 0
-        return out
+        return gather_or_zero(state, self.source)  # one pass; kept slots read in ascending order
 
     @property
     def grown_slots(self) -> torch.Tensor:
@@ -102,27 +102,34 @@ class Layout(nn.Module, ABC):
 
 
 def validate_new_coordinates(new_coordinates: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """Check a (k, 2) coordinate tensor against the layer shape and return sorted unique linear indices."""
+    """Check a (k, 2) coordinate tensor against the layer shape and return sorted unique linear indices.
+
+    One pass computes the indices and checks range and order; only unsorted input pays for a sort.
+    """
     if new_coordinates.ndim != 2 or new_coordinates.shape[1] != 2:
         raise ValueError(f"new_coordinates must have shape (k, 2), got {tuple(new_coordinates.shape)}")
-    coords = new_coordinates.long()
-    if coords.numel() and (coords.min() < 0 or (coords[:, 0] >= shape[0]).any() or (coords[:, 1] >= shape[1]).any()):
+    coords = new_coordinates if new_coordinates.dtype in (torch.int32, torch.int64) else new_coordinates.long()
+    lin, in_range, increasing = coordinates_to_linear(coords.contiguous(), shape[0], shape[1])
+    if not in_range:
         raise ValueError(f"new_coordinates out of range for a weight of shape {shape}")
-    lin = coords[:, 0] * shape[1] + coords[:, 1]
-    if lin.numel() > 1 and not bool((lin[1:] > lin[:-1]).all()):  # already sorted and unique: no sort needed
+    if not increasing:
         lin, _ = torch.sort(lin)
-    if lin.numel() > 1 and (lin[1:] == lin[:-1]).any():
-        raise ValueError("new_coordinates contains duplicate positions")
+        if (lin[1:] == lin[:-1]).any():
+            raise ValueError("new_coordinates contains duplicate positions")
     return lin
 
 
 def validate_drop_slots(drop_slots: torch.Tensor, nnz: int) -> torch.Tensor:
-    """Check slot ids are unique and in [0, nnz); return them as int64."""
-    drop = drop_slots.long().flatten()
-    if drop.numel() and (drop.min() < 0 or drop.max() >= nnz):
+    """Check slot ids are unique and in [0, nnz); return them sorted ascending as int64."""
+    drop = drop_slots.flatten()
+    if drop.dtype not in (torch.int32, torch.int64):
+        drop = drop.long()
+    in_range, increasing = order_check(drop, nnz)
+    if not in_range:
         raise ValueError(f"drop_slots must be in [0, {nnz}), got min {int(drop.min())} max {int(drop.max())}")
-    if drop.numel() > 1 and not bool((drop[1:] > drop[:-1]).all()):  # sorted and unique needs no sort
-        s, _ = torch.sort(drop)
-        if (s[1:] == s[:-1]).any():
+    drop = drop.long()
+    if not increasing:
+        drop, _ = torch.sort(drop)
+        if (drop[1:] == drop[:-1]).any():
             raise ValueError("drop_slots contains duplicates")
     return drop

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..kernels import rows_to_crow, transpose_order
+from ..kernels import linear_index, merge_entries, rows_to_crow, transpose_csr
 from .base import GatherRemap, Layout, validate_drop_slots, validate_new_coordinates
 
 _INT32_LIMIT = 2**31 - 1
@@ -98,39 +98,28 @@ class CompressedLayout(Layout):
         return self.values
 
     def linear_indices(self) -> torch.Tensor:
-        return self.row.long() * self.shape[1] + self.col.long()
+        return linear_index(self.row, self.col, self.shape[1])
 
     def coordinates(self) -> torch.Tensor:
         return torch.stack((self.row.long(), self.col.long()), dim=1)
 
     def replace(self, drop_slots: torch.Tensor, new_coordinates: torch.Tensor) -> GatherRemap:
-        drop = validate_drop_slots(drop_slots, self.nnz)
+        """One merge of the kept (row, col) entries with the sorted new ones (O(nnz), in the index dtype),
+        then the values and the derived indices follow; nothing is changed when the input is rejected."""
+        drop = validate_drop_slots(drop_slots.to(self.row.device), self.nnz)
         new_lin = validate_new_coordinates(new_coordinates.to(self.row.device), self.shape)
-        keep = torch.ones(self.nnz, dtype=torch.bool, device=self.row.device)
-        keep[drop] = False
-        kept_src = torch.nonzero(keep).flatten()
-        kept_lin = self.linear_indices()[kept_src]
-        if new_lin.numel() and kept_lin.numel():
-            at = torch.searchsorted(kept_lin, new_lin).clamp(max=kept_lin.numel() - 1)
-            if bool((kept_lin[at] == new_lin).any()):
-                raise ValueError("new_coordinates includes positions that stay active")
-        # Merge two sorted lists in O(nnz): each element's final slot is its own rank plus the number
-        # of elements of the other list that precede it.
-        k, n_kept = new_lin.numel(), kept_lin.numel()
-        new_pos = torch.searchsorted(kept_lin, new_lin) + torch.arange(k, device=new_lin.device)
-        kept_pos = torch.searchsorted(new_lin, kept_lin) + torch.arange(n_kept, device=new_lin.device)
-        merged = torch.empty(n_kept + k, dtype=torch.int64, device=new_lin.device)
-        merged[kept_pos] = kept_lin
-        merged[new_pos] = new_lin
-        source = torch.full((n_kept + k,), -1, dtype=torch.int64, device=new_lin.device)
-        source[kept_pos] = kept_src
+        row, col = self.row, self.col
+        idx = index_dtype_for(self.shape, self.nnz - drop.numel() + new_lin.numel())
+        if idx != row.dtype:  # the merged entry count no longer fits int32
+            row, col = row.to(idx), col.to(idx)
+        row, col, source, collisions = merge_entries(row, col, drop, new_lin, self.shape[1])
+        if collisions:
+            raise ValueError(f"new_coordinates includes positions that stay active ({collisions} of them)")
         remap = GatherRemap(source)
         with torch.no_grad():
             _swap_data(self.values, remap.apply(self.values.data))
         self.values.grad = None
-        idx = index_dtype_for(self.shape, merged.numel())
-        self.row = (merged // self.shape[1]).to(idx)
-        self.col = (merged % self.shape[1]).to(idx)
+        self.row, self.col = row, col
         self._rebuild()
         return remap
 
@@ -143,10 +132,8 @@ class CompressedLayout(Layout):
     def _rebuild(self) -> None:
         """Recompute CSR row pointers and the transposed CSR from (row, col)."""
         self.crow = rows_to_crow(self.row, self.shape[0])
-        perm, ccol = transpose_order(self.col, self.shape[1])  # O(nnz) counting sort on CPU
-        self.perm_t = perm.to(self.row.dtype)
-        self.row_t = self.row.index_select(0, perm)  # 7x faster than row[perm] with int32 perm
-        self.ccol = ccol.to(self.row.dtype)
+        # one O(nnz) counting sort on CPU gives the column order, the column pointers and the rows in it
+        self.perm_t, self.ccol, self.row_t = transpose_csr(self.row, self.col.to(self.row.dtype), self.shape[1])
 
     def fan_in(self) -> torch.Tensor:
         """Active inputs per output unit (n_out,)."""

@@ -1,9 +1,10 @@
 """Inactive positions to grow into, drawn without any dense-sized mask (PERFORMANCE.md "Growth candidates").
 
-Positions are int64 linear indices ``row · n_in + col``. The recipe everywhere: draw, sort, drop
-consecutive duplicates, drop active positions by ``searchsorted`` against the sorted active indices.
-No ``unique``/``isin`` on large tensors; nothing of size n_out × n_in unless the layer is at least half
-dense (then the inactive set is no larger than the active one and enumerating it is cheapest).
+Positions are int64 linear indices ``row · n_in + col``. The recipe everywhere: draw (uniform draws come
+out sorted), sort otherwise, then one linear merge against the sorted active indices drops duplicates and
+active positions (:func:`sparsetrain.kernels.unique_difference`). No ``unique``/``isin`` on large tensors;
+nothing of size n_out × n_in unless the layer is at least half dense (then the inactive set is no larger
+than the active one and enumerating it is cheapest).
 """
 from __future__ import annotations
 
@@ -11,18 +12,13 @@ import math
 
 import torch
 
+# sorted_uniform_draws: m uniform draws, already ascending (order statistics from exponential spacings)
+from ..kernels import sorted_uniform_draws, unique_difference
+
 
 def drop_duplicates_and_active(sorted_lin: torch.Tensor, active_lin: torch.Tensor) -> torch.Tensor:
     """From sorted positions keep each value once and only those not in the sorted ``active_lin``."""
-    if sorted_lin.numel() == 0:
-        return sorted_lin
-    if active_lin.numel():
-        at = torch.searchsorted(active_lin, sorted_lin).clamp_(max=active_lin.numel() - 1)
-        keep = active_lin[at] != sorted_lin
-    else:
-        keep = torch.ones_like(sorted_lin, dtype=torch.bool)
-    keep[1:] &= sorted_lin[1:] != sorted_lin[:-1]
-    return sorted_lin[keep]  # one boolean selection for both conditions
+    return unique_difference(sorted_lin, active_lin)
 
 
 def inactive_positions(active_lin: torch.Tensor, total: int) -> torch.Tensor:
@@ -53,18 +49,6 @@ def _draw(n: int, m: int, generator: torch.Generator, weights: torch.Tensor | No
     return torch.searchsorted(cdf, u, right=True).clamp_(max=n - 1)
 
 
-def sorted_uniform_draws(total: int, m: int, generator: torch.Generator, device="cpu") -> torch.Tensor:
-    """``m`` uniform draws from [0, total) with replacement, already ascending, so no sort is needed.
-
-    The order statistics of m uniforms are the partial sums of m + 1 exponential spacings divided by
-    their total; cumsum and scaling are monotone in floating point, so the output is sorted exactly
-    (uniform up to float64 rounding of the positions).
-    """
-    spacings = torch.empty(m + 1, dtype=torch.float64, device=device).exponential_(generator=generator)
-    sums = torch.cumsum(spacings, 0)
-    return (sums[:-1] * (total / float(sums[-1]))).long().clamp_(max=total - 1)
-
-
 def sampled_candidates(active_lin: torch.Tensor, shape: tuple[int, int], m: int, generator: torch.Generator,
                        f: torch.Tensor | None = None, g: torch.Tensor | None = None) -> torch.Tensor:
     """GSE candidates S: ``m`` sampled pairs, sorted, duplicates and actives dropped; |S| ≤ m (no resampling).
@@ -72,10 +56,9 @@ def sampled_candidates(active_lin: torch.Tensor, shape: tuple[int, int], m: int,
     Uniform f and g make every position equally likely, so the draws come out sorted directly
     (:func:`sorted_uniform_draws`); other samplers draw (b, a) pairs and sort them.
     """
-    if f is None and g is None:
-        lin = sorted_uniform_draws(shape[0] * shape[1], m, generator, active_lin.device)
-    else:
-        lin = torch.sort(sample_pairs(shape[0], shape[1], m, generator, f, g)).values
+    if f is None and g is None:  # drawn, de-duplicated and merged against the actives in one pass
+        return sorted_uniform_draws(shape[0] * shape[1], m, generator, active_lin.device, exclude=active_lin)
+    lin = torch.sort(sample_pairs(shape[0], shape[1], m, generator, f, g)).values
     return drop_duplicates_and_active(lin, active_lin)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import check_choice
-from ..kernels import sddmm
+from ..kernels import linear_to_csr, sddmm
 from .select import top_k
 
 SAMPLERS = ("uniform", "grabo", "graest")
@@ -60,12 +60,9 @@ def sampler_weights(parts: list[tuple[torch.Tensor, torch.Tensor]], sampler: str
 
 
 def candidate_csr(lin: torch.Tensor, n_out: int, n_in: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """CSR (row pointers, columns) of sorted linear indices without an O(|S|) integer division:
-    row pointers by ``searchsorted`` of the n_out + 1 row starts, columns by subtracting each row's start."""
-    starts = torch.arange(n_out + 1, device=lin.device, dtype=torch.int64) * n_in
-    crow = torch.searchsorted(lin, starts)
-    row_start = torch.repeat_interleave(starts[:-1], crow.diff(), output_size=lin.numel())
-    return crow, lin - row_start
+    """CSR (row pointers, columns) of sorted linear indices, one pass without int64 division
+    (:func:`sparsetrain.kernels.linear_to_csr`)."""
+    return linear_to_csr(lin, n_out, n_in)
 
 
 def gradient_at(parts: list[tuple[torch.Tensor, torch.Tensor]], lin: torch.Tensor, n_in: int,

@@ -11,6 +11,7 @@ import math
 import torch
 
 from ..errors import check_choice
+from ..kernels import select_k
 
 K_ROUNDING = ("round", "floor", "ceil")
 
@@ -27,23 +28,12 @@ def count_of(fraction: float, total: int, rule: str = "round") -> int:
 def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Ascending positions of the ``k`` largest scores; among equal scores the lower position wins.
 
-    ``torch.topk`` finds the threshold, then an exact tie cut marks a boolean mask: no sort at all.
+    :func:`sparsetrain.kernels.select_k`: a radix select plus counting passes on CPU (no sort; NaN ranks
+    above +inf, -0.0 equals +0.0).
     """
-    n = scores.numel()
-    k = max(0, min(int(k), n))
-    if k == 0:
-        return torch.empty(0, dtype=torch.int64, device=scores.device)
-    if k == n:
-        return torch.arange(n, device=scores.device)
-    threshold = torch.topk(scores, k, sorted=False).values.min()
-    chosen = scores > threshold
-    missing = k - int(chosen.sum())
-    if missing:
-        ties = torch.nonzero(scores == threshold).flatten()[:missing]
-        chosen[ties] = True
-    return torch.nonzero(chosen).flatten()  # ascending without a sort
+    return select_k(scores, k, largest=True)
 
 
 def bottom_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Ascending positions of the ``k`` smallest scores; among equal scores the lower position wins."""
-    return top_k(-scores, k)
+    return select_k(scores, k, largest=False)

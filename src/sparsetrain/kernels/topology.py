@@ -1,0 +1,218 @@
+"""Index operations of a topology update (sampling, selection, slot merge): our C++ on CPU, torch otherwise.
+
+Pure tensor functions on sorted index lists; they know nothing of layouts or methods. Linear indices are
+int64 ``row · n_cols + col``. Each op has a stock-torch implementation here that is always correct (and
+serves CUDA tensors, ``SPARSETRAIN_KERNELS=torch`` and a machine without a compiler); the C++ versions in
+cpu_kernels.cpp ("topology operations") do the same in one or two O(n) passes. The dispatch follows
+:mod:`.backend`: ``auto`` uses ours when they load (else warns once), ``cpp`` requires them.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import backend, torch_ops
+
+
+def _cpp(device: torch.device, dtype: torch.dtype = torch.float32):
+    """The cpp_ext module when our CPU kernels serve this call, else None (torch serves)."""
+    if device.type != "cpu":
+        return None
+    impl = backend.implementation(device, dtype)
+    return None if impl is torch_ops else impl
+
+
+def _check_index(name: str, t: torch.Tensor) -> None:
+    if t.ndim != 1 or t.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"{name} must be a 1-D int32 or int64 tensor, got shape {tuple(t.shape)} dtype {t.dtype}")
+
+
+def _check_lin(name: str, t: torch.Tensor) -> None:
+    if t.ndim != 1 or t.dtype != torch.int64:
+        raise ValueError(f"{name} must be a 1-D int64 tensor of linear indices, got shape {tuple(t.shape)} "
+                         f"dtype {t.dtype}")
+
+
+def linear_index(row: torch.Tensor, col: torch.Tensor, n_cols: int) -> torch.Tensor:
+    """int64 ``row · n_cols + col`` in one pass (no int64 temporaries of the inputs)."""
+    _check_index("row", row)
+    _check_index("col", col)
+    if row.shape != col.shape or row.dtype != col.dtype:
+        raise ValueError(f"row and col must have the same shape and dtype, got {tuple(row.shape)} {row.dtype} and "
+                         f"{tuple(col.shape)} {col.dtype}")
+    cpp = _cpp(row.device)
+    if cpp is not None:
+        return cpp.linear_index(row, col, n_cols)
+    return row.long() * n_cols + col.long()
+
+
+def linear_to_csr(lin: torch.Tensor, n_rows: int, n_cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """CSR (int64 row pointers (n_rows + 1,), int64 columns) of sorted linear indices, without int64 division."""
+    _check_lin("lin", lin)
+    cpp = _cpp(lin.device)
+    if cpp is not None:
+        return cpp.linear_to_csr(lin, n_rows, n_cols)
+    total = n_rows * n_cols
+    if lin.numel() and (int(lin[0]) < 0 or int(lin[-1]) >= total or bool((lin[1:] < lin[:-1]).any())):
+        raise ValueError(f"lin must be sorted ascending with entries in [0, n_rows * n_cols = {total})")
+    starts = torch.arange(n_rows + 1, device=lin.device, dtype=torch.int64) * n_cols
+    crow = torch.searchsorted(lin, starts)
+    row_start = torch.repeat_interleave(starts[:-1], crow.diff(), output_size=lin.numel())
+    return crow, lin - row_start
+
+
+def sorted_uniform_draws(total: int, m: int, generator: torch.Generator, device: torch.device | str = "cpu",
+                         exclude: torch.Tensor | None = None) -> torch.Tensor:
+    """``m`` uniform draws from [0, total) with replacement, ascending (int64), so no sort is needed.
+
+    The order statistics of m uniforms are the partial sums of m + 1 Exp(1) spacings over their total.
+    With ``exclude`` (sorted int64) the result is ``unique_difference(draws, exclude)``: each drawn position
+    once, none of ``exclude`` (C++ does it while drawing). Torch: ``exponential_`` + ``cumsum`` from
+    ``generator``. C++: the spacings come from a counter-based stream (SplitMix64) seeded by one draw from
+    ``generator``, generated in fixed parallel blocks; the two give different (equally uniform) samples,
+    each reproducible from the generator's state and independent of the thread count.
+    """
+    if total < 1 or m < 0:
+        raise ValueError(f"sorted_uniform_draws needs total >= 1 and m >= 0, got total={total}, m={m}")
+    if exclude is not None:
+        _check_lin("exclude", exclude)
+    device = torch.device(device)
+    cpp = _cpp(device)
+    if cpp is not None:
+        seed = int(torch.empty((), dtype=torch.int64).random_(generator=generator))
+        return cpp.sorted_uniform_draws(int(total), int(m), seed, exclude)
+    spacings = torch.empty(m + 1, dtype=torch.float64, device=device).exponential_(generator=generator)
+    sums = torch.cumsum(spacings, 0)
+    draws = (sums[:-1] * (total / float(sums[-1]))).long().clamp_(max=total - 1)
+    return draws if exclude is None else unique_difference(draws, exclude)
+
+
+def unique_difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The values of sorted ``a``, each once, that are not in sorted ``b`` (ascending): a linear merge.
+
+    Both inputs must be sorted ascending (our C++ checks and raises ValueError; torch does not check).
+    """
+    _check_index("a", a)
+    _check_index("b", b)
+    if a.dtype != b.dtype:
+        raise ValueError(f"a and b must have the same dtype, got {a.dtype} and {b.dtype}")
+    cpp = _cpp(a.device)
+    if cpp is not None:
+        return cpp.unique_difference(a, b)
+    if a.numel() == 0:
+        return a.clone()
+    if b.numel():
+        at = torch.searchsorted(b, a).clamp_(max=b.numel() - 1)
+        keep = b[at] != a
+    else:
+        keep = torch.ones_like(a, dtype=torch.bool)
+    keep[1:] &= a[1:] != a[:-1]
+    return a[keep]
+
+
+def select_k(scores: torch.Tensor, k: int, largest: bool = True) -> torch.Tensor:
+    """Ascending int64 positions of the ``k`` largest (or smallest) scores; ties go to the lower position.
+
+    Order: -0.0 equals +0.0; NaN ranks above +inf (chosen first by largest, last by smallest), as in
+    ``torch.sort``. C++: radix select of the k-th key plus two counting passes (O(n), no sort).
+    """
+    if scores.ndim != 1:
+        raise ValueError(f"scores must be 1-D, got shape {tuple(scores.shape)}")
+    n = scores.numel()
+    k = max(0, min(int(k), n))
+    cpp = _cpp(scores.device, scores.dtype)
+    if cpp is not None:
+        return cpp.select_k(scores, k, bool(largest))
+    if k == n:
+        return torch.arange(n, device=scores.device)
+    if k == 0:
+        return torch.empty(0, dtype=torch.int64, device=scores.device)
+    order = torch.sort(scores, descending=largest, stable=True).indices[:k]
+    return torch.sort(order).values
+
+
+def merge_entries(row: torch.Tensor, col: torch.Tensor, drop: torch.Tensor, new_lin: torch.Tensor,
+                  n_cols: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Row-major entries (``row``, ``col``) minus the slots ``drop``, merged with the new linear indices.
+
+    ``drop`` (int64 slots) and ``new_lin`` must be strictly increasing. Returns ``(row, col, source,
+    collisions)``: the merged coordinates (dtype of ``row``), the old slot each new slot comes from
+    (-1 for a new entry) and how many new entries equal a kept one (the result is invalid unless 0).
+    """
+    _check_index("row", row)
+    _check_index("col", col)
+    _check_lin("drop", drop)
+    _check_lin("new_lin", new_lin)
+    cpp = _cpp(row.device)
+    if cpp is not None:
+        out_row, out_col, source, collisions = cpp.merge_entries(row, col, drop, new_lin, n_cols)
+        return out_row, out_col, source, int(collisions)
+    keep = torch.ones(row.numel(), dtype=torch.bool, device=row.device)
+    keep[drop] = False
+    kept_src = torch.nonzero(keep).flatten()
+    kept_lin = (row.long() * n_cols + col.long())[kept_src]
+    k, n_kept = new_lin.numel(), kept_lin.numel()
+    collisions = 0
+    if k and n_kept:
+        at = torch.searchsorted(kept_lin, new_lin).clamp(max=n_kept - 1)
+        collisions = int((kept_lin[at] == new_lin).sum())
+    # each element's merged slot is its own rank plus the number of elements of the other list before it
+    new_pos = torch.searchsorted(kept_lin, new_lin) + torch.arange(k, device=row.device)
+    kept_pos = torch.searchsorted(new_lin, kept_lin) + torch.arange(n_kept, device=row.device)
+    merged = torch.empty(n_kept + k, dtype=torch.int64, device=row.device)
+    merged[kept_pos] = kept_lin
+    merged[new_pos] = new_lin
+    source = torch.full((n_kept + k,), -1, dtype=row.dtype, device=row.device)
+    source[kept_pos] = kept_src.to(row.dtype)
+    return (merged // n_cols).to(row.dtype), (merged % n_cols).to(row.dtype), source, collisions
+
+
+def transpose_csr(row: torch.Tensor, col: torch.Tensor, n_cols: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Transposed CSR of row-major entries: ``(perm, ccol, row_t)``, all of ``col``'s dtype.
+
+    ``perm[j]`` is the slot of the j-th entry in column-major order (stable), ``ccol`` the column pointers,
+    ``row_t[j] = row[perm[j]]``. C++: one counting sort that scatters the rows as it goes.
+    """
+    _check_index("row", row)
+    _check_index("col", col)
+    cpp = _cpp(col.device)
+    if cpp is not None:
+        return tuple(cpp.transpose_csr(row, col, n_cols))  # type: ignore[return-value]
+    perm, ccol = backend.implementation(col.device, torch.float32).transpose_order(col, n_cols)
+    return perm, ccol, row.index_select(0, perm)
+
+
+def gather_or_zero(src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``src[index]`` with 0 where ``index < 0`` (state carried across a slot change; -1 marks new slots)."""
+    _check_index("index", index)
+    if src.ndim != 1:
+        raise ValueError(f"src must be 1-D, got shape {tuple(src.shape)}")
+    cpp = _cpp(src.device)
+    if cpp is not None:
+        return cpp.gather_or_zero(src, index)
+    out = src[index.clamp(min=0)]
+    out[index < 0] = 0
+    return out
+
+
+def coordinates_to_linear(coords: torch.Tensor, n_rows: int, n_cols: int) -> tuple[torch.Tensor, bool, bool]:
+    """(int64 linear indices of (k, 2) int (row, col) pairs, all within the shape?, strictly increasing?)."""
+    if coords.ndim != 2 or coords.shape[1] != 2 or coords.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"coords must be a (k, 2) int32/int64 tensor, got shape {tuple(coords.shape)} "
+                         f"dtype {coords.dtype}")
+    cpp = _cpp(coords.device)
+    if cpp is not None:
+        return tuple(cpp.coordinates_to_linear(coords, n_rows, n_cols))  # type: ignore[return-value]
+    r, c = coords[:, 0].long(), coords[:, 1].long()
+    in_range = not coords.numel() or bool((r.min() >= 0) & (r.max() < n_rows) & (c.min() >= 0) & (c.max() < n_cols))
+    lin = r * n_cols + c
+    return lin, in_range, bool((lin[1:] > lin[:-1]).all())
+
+
+def order_check(t: torch.Tensor, high: int) -> tuple[bool, bool]:
+    """(every entry in [0, high)?, strictly increasing?) of a 1-D integer tensor, in one pass."""
+    _check_index("t", t)
+    cpp = _cpp(t.device)
+    if cpp is not None:
+        return tuple(cpp.order_check(t, high))  # type: ignore[return-value]
+    in_range = not t.numel() or bool((t.min() >= 0) & (t.max() < high))
+    return in_range, bool((t[1:] > t[:-1]).all())
