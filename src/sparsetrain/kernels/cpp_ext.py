@@ -18,8 +18,8 @@ from types import ModuleType
 import torch
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
-CFLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17"]
-LDFLAGS = ["-fopenmp"]
+CFLAGS = ("-O3", "-march=native", "-fopenmp", "-std=c++17")  # tuples: torch appends to the lists it is given
+LDFLAGS = ("-fopenmp",)
 
 # Batch tile width in bytes (see cpu_kernels.cpp): the accumulators of one tile live in registers, so a
 # tile never exceeds 512 bytes (8 AVX-512 registers). Measured (docs/kernels.md): narrower tiles that keep
@@ -79,8 +79,8 @@ def load(verbose: bool = False) -> ModuleType:
             directory.mkdir(parents=True, exist_ok=True)
             if not (directory / f"{name}.so").exists():
                 print("sparsetrain: compiling CPU kernels (once, ~1 min)", file=sys.stderr, flush=True)
-            _module = cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=CFLAGS,
-                                         extra_ldflags=LDFLAGS, build_directory=str(directory), verbose=verbose)
+            _module = cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=list(CFLAGS),
+                                         extra_ldflags=list(LDFLAGS), build_directory=str(directory), verbose=verbose)
         except Exception as exc:  # record why, so every later call reports the same reason without retrying
             first_line = (str(exc).strip().splitlines() or [""])[0][:300]
             _error = f"{type(exc).__name__}: {first_line}"
