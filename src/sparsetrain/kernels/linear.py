@@ -22,15 +22,14 @@ class _SparseLinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        from . import sddmm, spmm
+        from . import sddmm, spmm_transposed
 
         x_fm, values = ctx.saved_tensors
         crow, col, ccol, row_t, perm_t = ctx.index
         gy_fm = grad_out.t().contiguous()
         grad_x = grad_values = None
         if ctx.needs_input_grad[0]:
-            n_out = crow.numel() - 1
-            grad_x = spmm(ccol, row_t, values.index_select(0, perm_t), gy_fm, n_out).t()  # index_select: 7x faster than [] with int32
+            grad_x = spmm_transposed(crow, col, values, gy_fm, ctx.n_in, (ccol, row_t, perm_t)).t()
         if ctx.needs_input_grad[1]:
             grad_values = sddmm(crow, col, gy_fm, x_fm)
         if ctx.observer is not None:
