@@ -99,3 +99,13 @@ def test_bad_arguments_name_the_field():
         kernels.sddmm(m.crow, m.col, torch.zeros(7, 3, dtype=torch.float64), torch.zeros(13, 4, dtype=torch.float64))
     with pytest.raises(ValueError, match="values dtype"):
         kernels.spmm(m.crow, m.col, m.values.float(), torch.zeros(13, 3, dtype=torch.float64), 13)
+
+
+def test_spmm_transposed_gather_path_when_buffers_exceed_the_cache(monkeypatch):
+    cpp_ext = pytest.importorskip("sparsetrain.kernels.cpp_ext")
+    monkeypatch.setenv(backend.ENV_VAR, "cpp")
+    monkeypatch.setattr(cpp_ext, "SCATTER_BUFFER_LIMIT", 0)
+    m = random_csr(129, 65, 900, 128, 0, seed=9)
+    gy = dense_fm(129, 17, seed=10)
+    out = kernels.spmm_transposed(m.crow, m.col, m.values, gy, 65, (m.ccol, m.row_t, m.perm_t))
+    torch.testing.assert_close(out, m.dense().t() @ gy, rtol=1e-12, atol=1e-12)
