@@ -81,7 +81,7 @@ def test_sparse_linear_gradcheck(backend_name):
     seen = []
 
     def fn(x, values):
-        return kernels.sparse_linear(x, values, m.crow, m.col, m.ccol, m.row_t, m.perm_t, 11,
+        return kernels.sparse_linear(x, values, m.crow, m.col, (m.ccol, m.row_t, m.perm_t), 11,
                                      lambda x_fm, gy_fm: seen.append((x_fm.shape, gy_fm.shape)))
 
     torch.testing.assert_close(fn(x, values), x @ m.dense().t())

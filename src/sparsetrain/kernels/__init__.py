@@ -17,7 +17,7 @@ from .backend import (
     implementation,
 )
 from . import cpp_ext
-from .linear import sparse_linear
+from .linear import Transposed, TransposedCSR, sparse_linear
 from .topology import (
     coordinates_to_linear,
     gather_or_zero,
@@ -65,27 +65,36 @@ def spmm(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, dense_fm: 
 
 
 def spmm_transposed(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, dense_fm: torch.Tensor,
-                    n_cols: int, transposed: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+                    n_cols: int, transposed: Transposed) -> torch.Tensor:
     """Feature-major Wᵀ @ dense_fm: (n_cols, R) for W the CSR (crow, col, values) and dense_fm (n_rows, R).
 
-    ``transposed`` = (ccol, row_t, perm_t) is W's transposed CSR (perm_t: the value slot of each entry).
-    Our CPU kernels scatter from the row CSR directly; other backends gather the values into transposed
-    order and run the SpMM on the transposed CSR.
+    ``transposed`` = (ccol, row_t, perm_t) is W's transposed CSR (perm_t: the value slot of each entry), or
+    a zero-argument callable that returns it, called only if this backend needs it. Our CPU kernels
+    scatter from the row CSR directly (while their buffers fit in cache); other backends gather the values
+    into transposed order and run the SpMM on the transposed CSR.
     """
-    ccol, row_t, perm_t = transposed
     _check_index("crow", crow)
     _check_index("col", col)
     _check_dense("dense_fm", dense_fm, crow.numel() - 1, "len(crow) - 1")
-    if values.shape != col.shape or perm_t.shape != col.shape or row_t.shape != col.shape:
-        raise ValueError(f"values, row_t and perm_t must have the shape of col {tuple(col.shape)}")
-    if ccol.numel() != n_cols + 1:
-        raise ValueError(f"ccol must have n_cols + 1 = {n_cols + 1} entries, got {ccol.numel()}")
+    if values.shape != col.shape:
+        raise ValueError(f"values must have the shape of col {tuple(col.shape)}, got {tuple(values.shape)}")
     if values.dtype != dense_fm.dtype:
         raise ValueError(f"values dtype {values.dtype} must equal dense_fm dtype {dense_fm.dtype}")
+    get = transposed if callable(transposed) else (lambda: transposed)
     impl = implementation(dense_fm.device, dense_fm.dtype)
     if impl is cpp_ext:
-        return impl.spmm_transposed(crow, col, values, dense_fm, n_cols, transposed)
-    return impl.spmm(ccol, row_t, values.index_select(0, perm_t), dense_fm, crow.numel() - 1)
+        return impl.spmm_transposed(crow, col, values, dense_fm, n_cols, get)
+    return spmm_on_transposed(impl, values, dense_fm, n_cols, get())
+
+
+def spmm_on_transposed(impl, values: torch.Tensor, dense_fm: torch.Tensor, n_cols: int,
+                       transposed: TransposedCSR) -> torch.Tensor:
+    """Wᵀ @ dense_fm as an SpMM over the transposed CSR with the values gathered into its order."""
+    ccol, row_t, perm_t = transposed
+    if row_t.shape != values.shape or perm_t.shape != values.shape or ccol.numel() != n_cols + 1:
+        raise ValueError(f"transposed CSR must have len(ccol) = n_cols + 1 = {n_cols + 1} and row_t, perm_t "
+                         f"of the length of values ({values.numel()})")
+    return impl.spmm(ccol, row_t, values.index_select(0, perm_t), dense_fm, dense_fm.shape[0])
 
 
 def sddmm(crow: torch.Tensor, col: torch.Tensor, left_fm: torch.Tensor, right_fm: torch.Tensor) -> torch.Tensor:

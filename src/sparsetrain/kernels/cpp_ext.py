@@ -14,6 +14,7 @@ import sys
 import threading
 from pathlib import Path
 from types import ModuleType
+from typing import Callable
 
 import torch
 
@@ -117,14 +118,15 @@ SCATTER_BUFFER_LIMIT = int(os.environ.get("SPARSETRAIN_SCATTER_LIMIT", 3 * _l3_b
 
 
 def spmm_transposed(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, dense_fm: torch.Tensor,
-                    n_cols: int, transposed: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+                    n_cols: int, transposed: Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+                    ) -> torch.Tensor:
     """(n_cols, R) = CSRᵀ @ dense_fm. While the per-thread buffers fit in cache: a scatter from the row-major
-    CSR (no gather of the values into transposed order); otherwise SpMM on the transposed CSR."""
+    CSR (no gather of the values, no transposed index needed); otherwise SpMM on ``transposed()``."""
     buffers = torch.get_num_threads() * n_cols * dense_fm.shape[1] * dense_fm.element_size()
     if buffers <= SCATTER_BUFFER_LIMIT:
         return load().spmm_t(crow.contiguous(), col.contiguous(), values.contiguous(), dense_fm.contiguous(), n_cols)
-    ccol, row_t, perm_t = transposed
-    return spmm(ccol, row_t, values.index_select(0, perm_t), dense_fm, crow.numel() - 1)
+    ccol, row_t, perm_t = transposed()
+    return spmm(ccol, row_t, values.index_select(0, perm_t), dense_fm, n_cols)
 
 
 def sddmm(crow: torch.Tensor, col: torch.Tensor, left_fm: torch.Tensor, right_fm: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,8 @@
 
 Persistent state (what a checkpoint holds): ``values`` (the parameter), ``row`` and ``col`` in row-major
 order. Derived on every topology change and on load: ``crow`` (CSR row pointers), and the transposed
-CSR used by the input-gradient SpMM: ``ccol`` (column pointers), ``row_t`` (row of each entry in
-column-major order) and ``perm_t`` (its value slot). Nothing here is ever of size n_out × n_in.
+CSR, built only when a backend asks for it (``transposed()``): ``ccol`` (column pointers), ``row_t`` (row of
+each entry in column-major order) and ``perm_t`` (its value slot). Nothing here is ever of size n_out × n_in.
 """
 from __future__ import annotations
 
@@ -78,8 +78,8 @@ class CompressedLayout(Layout):
         idx = index_dtype_for(self.shape, lin.numel())
         self.register_buffer("row", (lin // self.shape[1]).to(idx))
         self.register_buffer("col", (lin % self.shape[1]).to(idx))
-        for name in ("crow", "ccol", "row_t", "perm_t"):
-            self.register_buffer(name, torch.empty(0, dtype=idx, device=lin.device), persistent=False)
+        self.register_buffer("crow", torch.empty(0, dtype=idx, device=lin.device), persistent=False)
+        self._transposed: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._rebuild()
 
     @classmethod
@@ -130,19 +130,44 @@ class CompressedLayout(Layout):
 
     # --- derived indices ----------------------------------------------------------------------------
     def _rebuild(self) -> None:
-        """Recompute CSR row pointers and the transposed CSR from (row, col)."""
+        """Recompute the CSR row pointers from (row, col); the transposed CSR is rebuilt when next asked for."""
         self.crow = rows_to_crow(self.row, self.shape[0])
-        # one O(nnz) counting sort on CPU gives the column order, the column pointers and the rows in it
-        self.perm_t, self.ccol, self.row_t = transpose_csr(self.row, self.col.to(self.row.dtype), self.shape[1])
+        self._transposed = None
+
+    def transposed(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(ccol, row_t, perm_t): the transposed CSR, built on first use after a topology change.
+
+        Only backends that compute the input gradient on the transposed CSR ask for it (our CPU kernels
+        scatter from the row CSR instead while their buffers fit in cache), so most layers never store it:
+        12 instead of 24 bytes of indices per active weight.
+        """
+        cached = self._transposed
+        if cached is None or cached[0].device != self.row.device:
+            # one O(nnz) counting sort on CPU gives the column order, the column pointers and the rows in it
+            perm_t, ccol, row_t = transpose_csr(self.row, self.col.to(self.row.dtype), self.shape[1])
+            cached = self._transposed = (ccol, row_t, perm_t)
+        return cached
+
+    @property
+    def ccol(self) -> torch.Tensor:
+        return self.transposed()[0]
+
+    @property
+    def row_t(self) -> torch.Tensor:
+        return self.transposed()[1]
+
+    @property
+    def perm_t(self) -> torch.Tensor:
+        return self.transposed()[2]
 
     def fan_in(self) -> torch.Tensor:
         """Active inputs per output unit (n_out,)."""
         return (self.crow[1:] - self.crow[:-1]).long()
 
     def index_bytes(self) -> int:
-        """Bytes of all index buffers (persistent and derived)."""
-        return sum(b.numel() * b.element_size() for b in (self.row, self.col, self.crow, self.ccol, self.row_t,
-                                                           self.perm_t))
+        """Bytes of the index tensors held now (persistent, row pointers, and the transposed CSR if built)."""
+        held = (self.row, self.col, self.crow, *(self._transposed or ()))
+        return sum(b.numel() * b.element_size() for b in held)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):

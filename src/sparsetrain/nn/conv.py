@@ -118,7 +118,7 @@ class SparseConv2d(_ConvShape, SparseModule):
         features = conv_features(x, self.kernel_size, self.dilation, self.padding, self.stride)
         L = self.layout
         features, values = kernel_operands(features, L.values)
-        y = sparse_linear(features.t(), values, L.crow, L.col, L.ccol, L.row_t, L.perm_t, L.shape[1],
+        y = sparse_linear(features.t(), values, L.crow, L.col, L.transposed, L.shape[1],
                           self.backward_observer)
         y = y.t().reshape(self.out_channels, n, h_out, w_out).permute(1, 0, 2, 3)
         if self.bias is not None:

@@ -61,7 +61,7 @@ class SparseLinear(_LinearShape, SparseModule):
         lead = x.shape[:-1]
         L = self.layout
         x, values = kernel_operands(x, L.values)
-        y = sparse_linear(x.reshape(-1, self.in_features), values, L.crow, L.col, L.ccol, L.row_t, L.perm_t,
+        y = sparse_linear(x.reshape(-1, self.in_features), values, L.crow, L.col, L.transposed,
                           self.in_features, self.backward_observer)
         if self.bias is not None:
             y = y + self.bias
