@@ -17,7 +17,7 @@ from .backend import (
     implementation,
 )
 from . import cpp_ext
-from .linear import Transposed, TransposedCSR, sparse_linear
+from .linear import Transposed, sparse_linear
 from .topology import (
     coordinates_to_linear,
     gather_or_zero,
@@ -80,17 +80,10 @@ def spmm_transposed(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor,
         raise ValueError(f"values must have the shape of col {tuple(col.shape)}, got {tuple(values.shape)}")
     if values.dtype != dense_fm.dtype:
         raise ValueError(f"values dtype {values.dtype} must equal dense_fm dtype {dense_fm.dtype}")
-    get = transposed if callable(transposed) else (lambda: transposed)
     impl = implementation(dense_fm.device, dense_fm.dtype)
-    if impl is cpp_ext:
-        return impl.spmm_transposed(crow, col, values, dense_fm, n_cols, get)
-    return spmm_on_transposed(impl, values, dense_fm, n_cols, get())
-
-
-def spmm_on_transposed(impl, values: torch.Tensor, dense_fm: torch.Tensor, n_cols: int,
-                       transposed: TransposedCSR) -> torch.Tensor:
-    """Wᵀ @ dense_fm as an SpMM over the transposed CSR with the values gathered into its order."""
-    ccol, row_t, perm_t = transposed
+    if impl is cpp_ext and cpp_ext.scatter_fits(n_cols, dense_fm):
+        return cpp_ext.spmm_transposed(crow, col, values, dense_fm, n_cols)
+    ccol, row_t, perm_t = transposed() if callable(transposed) else transposed
     if row_t.shape != values.shape or perm_t.shape != values.shape or ccol.numel() != n_cols + 1:
         raise ValueError(f"transposed CSR must have len(ccol) = n_cols + 1 = {n_cols + 1} and row_t, perm_t "
                          f"of the length of values ({values.numel()})")

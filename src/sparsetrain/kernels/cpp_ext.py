@@ -14,7 +14,6 @@ import sys
 import threading
 from pathlib import Path
 from types import ModuleType
-from typing import Callable
 
 import torch
 
@@ -117,16 +116,17 @@ def _l3_bytes() -> int:
 SCATTER_BUFFER_LIMIT = int(os.environ.get("SPARSETRAIN_SCATTER_LIMIT", 3 * _l3_bytes() // 4))
 
 
-def spmm_transposed(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, dense_fm: torch.Tensor,
-                    n_cols: int, transposed: Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-                    ) -> torch.Tensor:
-    """(n_cols, R) = CSRᵀ @ dense_fm. While the per-thread buffers fit in cache: a scatter from the row-major
-    CSR (no gather of the values, no transposed index needed); otherwise SpMM on ``transposed()``."""
+def scatter_fits(n_cols: int, dense_fm: torch.Tensor) -> bool:
+    """Whether the per-thread (n_cols, R) buffers of :func:`spmm_transposed` fit the cache budget."""
     buffers = torch.get_num_threads() * n_cols * dense_fm.shape[1] * dense_fm.element_size()
-    if buffers <= SCATTER_BUFFER_LIMIT:
-        return load().spmm_t(crow.contiguous(), col.contiguous(), values.contiguous(), dense_fm.contiguous(), n_cols)
-    ccol, row_t, perm_t = transposed()
-    return spmm(ccol, row_t, values.index_select(0, perm_t), dense_fm, n_cols)
+    return buffers <= SCATTER_BUFFER_LIMIT
+
+
+def spmm_transposed(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, dense_fm: torch.Tensor,
+                    n_cols: int) -> torch.Tensor:
+    """(n_cols, R) = CSRᵀ @ dense_fm by a scatter from the row-major CSR into per-thread buffers: no gather
+    of the values into transposed order and no transposed index (use while :func:`scatter_fits`)."""
+    return load().spmm_t(crow.contiguous(), col.contiguous(), values.contiguous(), dense_fm.contiguous(), n_cols)
 
 
 def sddmm(crow: torch.Tensor, col: torch.Tensor, left_fm: torch.Tensor, right_fm: torch.Tensor) -> torch.Tensor:
