@@ -16,6 +16,7 @@ import json
 import math
 import pathlib
 import platform
+import resource
 import statistics
 import time
 
@@ -23,8 +24,8 @@ import torch
 
 import sparsetrain as st
 from sparsetrain import methods, rng
-from sparsetrain.methods.candidates import sampled_candidates
-from sparsetrain.methods.scores import gradient_at, sampler_weights
+from sparsetrain.methods.candidates import scored_candidates
+from sparsetrain.methods.scores import sampler_weights
 from sparsetrain.methods.select import bottom_k, count_of, top_k
 
 
@@ -53,7 +54,7 @@ def main() -> None:
     method = methods.create("gse", layer, opt, total_steps=4 * args.repeats + 4, delta_t=2, t_end=1.0, alpha=0.2,
                             sampler=args.sampler)
     gen = torch.Generator().manual_seed(1)
-    step_s, update_s, step_with_observer_s = [], [], []
+    step_s, update_s, step_with_observer_s, update_faults = [], [], [], []
     x = torch.randn(B, n, generator=gen)
     _train_step(layer, opt, x)  # warm-up (allocations, first-touch)
     method.step()
@@ -62,8 +63,10 @@ def main() -> None:
         t0 = time.perf_counter()
         _train_step(layer, opt, x)           # observers armed: this backward feeds the update
         t1 = time.perf_counter()
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         stats = method.step()
         t2 = time.perf_counter()
+        update_faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
         assert stats is not None
         x = torch.randn(B, n, generator=gen)
         t3 = time.perf_counter()
@@ -90,13 +93,12 @@ def main() -> None:
         phases[name] = time.perf_counter() - t
         return out
 
-    active = timed("active indices", lambda: layer.layout.linear_indices())
     f, g = timed("sampler weights", lambda: sampler_weights(observed.parts, args.sampler, rng.generator(9, 1)))
-    cand = timed("sample + dedupe + drop actives", lambda: sampled_candidates(
-        active, layer.layout.shape, int(math.ceil(nnz)), rng.generator(9), f, g))
-    scores = timed("SDDMM scores", lambda: gradient_at(observed.parts, cand, n).abs_())
-    grow = timed("top-k growth", lambda: cand[top_k(scores, k)])
-    drop = timed("bottom-k prune", lambda: bottom_k(layer.layout.values.detach().abs(), k))
+    found = timed("sample + dedupe + drop actives + score", lambda: scored_candidates(
+        (layer.layout.crow, layer.layout.col), layer.layout.linear_indices, layer.layout.shape, int(math.ceil(nnz)),
+        rng.generator(9), observed.parts, f, g))
+    grow = timed("top-k growth", lambda: found.linear(top_k(found.scores, k)))
+    drop = timed("bottom-k prune", lambda: bottom_k(layer.layout.values.detach(), k, absolute=True))
     remap = timed("layout.replace", lambda: layer.layout.replace(drop, torch.stack((grow // n, grow % n), 1)))
     timed("optimizer-state remap", lambda: remap.apply(opt.state[layer.layout.values]["momentum_buffer"]))
 
@@ -105,8 +107,8 @@ def main() -> None:
         "n": n, "sparsity": args.sparsity, "nnz": nnz, "batch": B, "threads": args.threads, "sampler": args.sampler,
         "repeats": args.repeats, "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
         "train_step_s": step_s, "train_step_with_observer_s": step_with_observer_s, "update_s": update_s,
-        "train_step_median_s": step_med, "update_median_s": update_med, "update_over_step": update_med / step_med,
-        "candidates": int(cand.numel()), "k": k, "phases_s": phases, "target_update_over_step": 1.0,
+        "train_step_median_s": step_med, "update_median_s": update_med, "update_page_faults": update_faults, "update_over_step": update_med / step_med,
+        "candidates": len(found), "k": k, "phases_s": phases, "target_update_over_step": 1.0,
     }
     print(f"GSE topology update vs training step: n={n}, sparsity={args.sparsity}, nnz={nnz}, B={B}, "
           f"threads={args.threads}, sampler={args.sampler}")
@@ -114,8 +116,10 @@ def main() -> None:
     print(f"{'training step (fwd+bwd+SGD)':<38}{step_med:>10.4f}")
     print(f"{'training step with armed observer':<38}{statistics.median(step_with_observer_s):>10.4f}")
     print(f"{'GSE update (method.step)':<38}{update_med:>10.4f}")
+    print(f"{'page faults of one update':<38}{statistics.median(update_faults):>10.0f}   "
+          f"({statistics.median(update_faults) * 4096 / 2**20:.0f} MiB touched for the first time)")
     print(f"{'update / step':<38}{update_med / step_med:>10.2f}   (target <= 1)")
-    print(f"phases of one update (|S| = {cand.numel()}, k = {k}):")
+    print(f"phases of one update (|S| = {len(found)}, k = {k}):")
     for name, seconds in phases.items():
         print(f"  {name:<36}{seconds:>10.4f}")
     out = pathlib.Path(args.out)

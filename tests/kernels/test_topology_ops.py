@@ -142,6 +142,30 @@ def test_select_k_on_distinct_random_scores(name):
     assert kernels.select_k(torch.empty(0), 3).numel() == 0
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_select_k_absolute_ranks_magnitudes(name, dtype):
+    scores = torch.randn(50_000, generator=_gen(8), dtype=dtype)
+    scores[:100] = -0.0
+    for largest in (True, False):
+        for k in (1, 777, 25_000, 49_999):
+            assert torch.equal(kernels.select_k(scores, k, largest, absolute=True),
+                               kernels.select_k(scores.abs(), k, largest))
+
+
+@pytest.mark.parametrize("largest", [True, False])
+def test_select_k_is_exact_when_its_sample_misleads_it(name, largest):
+    """The C++ select brackets the k-th score from a strided sample; scores that differ exactly at the
+    sampled positions make the bracket miss on either side, and the result must stay exact."""
+    n, sample = 100_000, 1 << 14
+    probe = torch.arange(sample, dtype=torch.int64) * n // sample
+    for at_probe, elsewhere, k in ((1.0, 0.0, sample + 10), (0.0, 1.0, 50), (1.0, 0.0, 3)):
+        scores = torch.full((n,), elsewhere)
+        scores[probe] = at_probe
+        if not largest:
+            scores = -scores
+        assert kernels.select_k(scores, k, largest).tolist() == _select_reference(scores, k, largest)
+
+
 def test_select_k_signed_zero_ties_to_lower_position(name):
     scores = torch.tensor([0.0, -0.0, 0.0, 1.0, -0.0])
     assert kernels.select_k(scores, 3, largest=True).tolist() == [0, 1, 3]

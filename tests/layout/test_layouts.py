@@ -100,6 +100,22 @@ def test_replace_rejects_bad_input(kind):
     assert layout.nnz == 20
 
 
+@pytest.mark.parametrize("kind", ["compressed", "masked"])
+def test_replace_takes_linear_positions_like_coordinates(kind):
+    """Methods pass grown positions as 1-D int64 linear indices; the result equals the (k, 2) form."""
+    by_coords, by_linear = (_layouts()[kind == "masked"] for _ in range(2))
+    inactive = torch.nonzero(by_coords.to_dense().reshape(-1) == 0).flatten()
+    new_lin = inactive[torch.tensor([7, 2, 11])]  # unsorted: the layout sorts
+    by_coords.replace(torch.tensor([1, 4]), torch.stack((new_lin // 9, new_lin % 9), 1))
+    by_linear.replace(torch.tensor([1, 4]), new_lin)
+    assert torch.equal(by_coords.to_dense(), by_linear.to_dense())
+    assert torch.equal(by_coords.linear_indices(), by_linear.linear_indices())
+    with pytest.raises(ValueError, match=r"new_coordinates must be \(k, 2\) \(row, col\) pairs or 1-D int64"):
+        by_linear.replace(torch.tensor([0]), new_lin.int())
+    with pytest.raises(ValueError, match="out of range"):
+        by_linear.replace(torch.tensor([0]), torch.tensor([54]))
+
+
 def test_compressed_replace_can_change_nnz_and_keeps_parameter_object():
     comp, _ = _layouts()
     param = comp.values

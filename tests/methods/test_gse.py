@@ -180,3 +180,34 @@ def test_global_scope_moves_weights_between_layers_and_ties_go_low():
         per_layer.append([l.nnz for l in sparse_layers(model).values()])
     assert len(set(totals)) == 1
     assert len({tuple(p) for p in per_layer}) > 1  # per-layer nnz drifts under global scope
+
+
+@pytest.mark.parametrize("backend_name", ["cpp", "torch"])
+@pytest.mark.parametrize("kind,sampler", [("linear", "uniform"), ("linear", "grabo"), ("conv", "graest")])
+def test_sampled_candidates_are_inactive_bounded_and_scored_by_the_batch_gradient(monkeypatch, backend_name, kind,
+                                                                                   sampler):
+    """Invariants 4 and 5 on the path GSE really takes: our fused CPU kernel or the torch composition."""
+    from sparsetrain.kernels import backend
+    monkeypatch.setenv(backend.ENV_VAR, backend_name)
+    if kind == "linear":
+        module = SparseLinear(60, 50, sparsity=0.9, generator=rng.generator(3))
+        x, upstream = torch.randn(4, 60), torch.randn(4, 50)
+        weight = module.dense_weight().requires_grad_(True)
+        F.linear(x, weight).backward(upstream)
+    else:
+        module = SparseConv2d(3, 6, 3, padding=1, sparsity=0.85, generator=rng.generator(3))
+        x = torch.randn(2, 3, 7, 7)
+        upstream = torch.randn(2, 6, 7, 7)
+        weight = module.dense_weight().requires_grad_(True)
+        F.conv2d(x, weight, None, padding=1).backward(upstream)
+    obs = _observe(module, x, upstream)
+    opt = torch.optim.SGD(module.parameters(), lr=0.1)
+    method = methods.create("gse", module, opt, total_steps=10, sampler=sampler, gamma=1.5)
+    layer = method.layers[0]
+    layer.observed = obs
+    found = method.candidates(layer, step=0)
+    lin = found.linear(torch.arange(len(found)))
+    active = set(module.layout.linear_indices().tolist())
+    assert len(found) <= math.ceil(1.5 * layer.nnz)
+    assert bool((lin[1:] > lin[:-1]).all()) and not set(lin.tolist()) & active
+    assert torch.allclose(found.scores, weight.grad.reshape(-1)[lin].abs(), rtol=1e-5, atol=1e-6)

@@ -20,11 +20,13 @@ from . import cpp_ext
 from .linear import Transposed, sparse_linear
 from .topology import (
     coordinates_to_linear,
+    csr_linear,
     gather_or_zero,
     linear_index,
     linear_to_csr,
     merge_entries,
     order_check,
+    sample_and_score,
     select_k,
     sorted_uniform_draws,
     transpose_csr,
@@ -36,7 +38,7 @@ __all__ = ["spmm", "spmm_transposed", "sddmm", "sddmm_coo", "sparse_linear", "ac
            "KernelUnavailableError", "KernelFallbackWarning",
            # topology operations (topology.py)
            "linear_index", "linear_to_csr", "sorted_uniform_draws", "unique_difference", "select_k", "merge_entries",
-           "transpose_csr", "gather_or_zero", "coordinates_to_linear", "order_check"]
+           "transpose_csr", "gather_or_zero", "coordinates_to_linear", "order_check", "sample_and_score", "csr_linear"]
 
 _INDEX_DTYPES = (torch.int32, torch.int64)
 

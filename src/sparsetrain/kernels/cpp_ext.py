@@ -167,8 +167,8 @@ def unique_difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return load().unique_difference(a.contiguous(), b.contiguous())
 
 
-def select_k(scores: torch.Tensor, k: int, largest: bool) -> torch.Tensor:
-    return load().select_k(scores.contiguous(), int(k), bool(largest))
+def select_k(scores: torch.Tensor, k: int, largest: bool, absolute: bool = False) -> torch.Tensor:
+    return load().select_k(scores.contiguous(), int(k), bool(largest), bool(absolute))
 
 
 def merge_entries(row: torch.Tensor, col: torch.Tensor, drop: torch.Tensor, new_lin: torch.Tensor,
@@ -191,3 +191,18 @@ def coordinates_to_linear(coords: torch.Tensor, n_rows: int, n_cols: int) -> tup
 
 def order_check(t: torch.Tensor, high: int) -> tuple[bool, bool]:
     return tuple(load().order_check(t.contiguous(), int(high)))  # type: ignore[return-value]
+
+
+def sample_and_score(crow: torch.Tensor, col: torch.Tensor, n_in: int, m: int, seed: int,
+                     row_weights: torch.Tensor | None, col_weights: torch.Tensor | None,
+                     parts: list[tuple[torch.Tensor, torch.Tensor]],
+                     absolute: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    lefts = [gy.contiguous() for _, gy in parts]
+    rights = [x.contiguous() for x, _ in parts]
+    tile = tile_bytes(max(x.shape[1] for x in rights), rights[0].element_size())
+    return tuple(load().sample_and_score(crow.contiguous(), col.contiguous(), int(n_in), int(m), int(seed),  # type: ignore[return-value]
+                                         row_weights, col_weights, lefts, rights, bool(absolute), tile, PREFETCH))
+
+
+def csr_linear(crow: torch.Tensor, col: torch.Tensor, slots: torch.Tensor, n_cols: int) -> torch.Tensor:
+    return load().csr_linear(crow.contiguous(), col.contiguous(), slots.contiguous(), int(n_cols))

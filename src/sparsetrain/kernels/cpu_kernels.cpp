@@ -31,6 +31,14 @@ constexpr int64_t kSerialWork = int64_t(1) << 18;
 
 inline int team_size(int64_t work) { return work < kSerialWork ? 1 : std::max(1, at::get_num_threads()); }
 
+// f(c) for c in [0, n_chunks) on nt threads, chunks handed out dynamically (for callers inside dispatch
+// macros, where a pragma cannot stand).
+template <typename F>
+void parallel_chunks(int nt, int64_t n_chunks, F&& f) {
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+  for (int64_t c = 0; c < n_chunks; ++c) f(c);
+}
+
 template <typename I>
 inline void prefetch_tile(const void* base, int64_t bytes) {
   const char* p = static_cast<const char*>(base);
@@ -416,106 +424,182 @@ inline double exp_spacing(uint64_t seed, int64_t i) {
 
 constexpr int64_t kDrawBlock = int64_t(1) << 15;  // fixed, so positions do not depend on the thread count
 
-// Order-preserving unsigned keys of floating-point scores: -0.0 equals +0.0, every NaN is above +inf.
+// Order-preserving unsigned keys of floating-point scores in arithmetic only (so loops over them vectorise):
+// -0.0 equals +0.0, every NaN is above +inf. With `absolute` the key is that of |x|.
 template <typename T> struct KeyOf;
-template <> struct KeyOf<float> {
-  using K = uint32_t;
-  static inline K key(float x) {
-    if (x != x) return ~K(0);
-    if (x == 0.0f) return K(1) << 31;
-    K u; std::memcpy(&u, &x, sizeof u);
-    return (u >> 31) ? ~u : (u | (K(1) << 31));
-  }
-};
-template <> struct KeyOf<double> {
-  using K = uint64_t;
-  static inline K key(double x) {
-    if (x != x) return ~K(0);
-    if (x == 0.0) return K(1) << 63;
-    K u; std::memcpy(&u, &x, sizeof u);
-    return (u >> 63) ? ~u : (u | (K(1) << 63));
-  }
-};
+template <> struct KeyOf<float> { using K = uint32_t; static constexpr K kInf = 0x7F800000u; };
+template <> struct KeyOf<double> { using K = uint64_t; static constexpr K kInf = 0x7FF0000000000000ull; };
 
-constexpr int kTopBits = 16;
+template <typename T>
+inline typename KeyOf<T>::K float_key(T x, bool absolute) {
+  using K = typename KeyOf<T>::K;
+  constexpr int kTop = 8 * sizeof(K) - 1;
+  constexpr K kSign = K(1) << kTop;
+  K u;
+  std::memcpy(&u, &x, sizeof u);
+  if (absolute) u &= ~kSign;
+  const K mag = u & ~kSign;
+  u &= K(0) - K(mag != 0);                          // -0.0 -> +0.0
+  K k = u ^ ((K(0) - (u >> kTop)) | kSign);         // negative: all bits flipped; else the sign bit
+  return k | (K(0) - K(mag > KeyOf<T>::kInf));     // NaN -> the largest key
+}
 
 // Positions of the k largest keys (smallest with `largest` false), ascending; ties to the lower position.
-// Three passes over the scores: (1) per-thread histogram of the top 16 key bits finds the bin b holding the
-// k-th key; (2) per fixed chunk, count keys above bin b and collect the positions inside it (a small set),
-// whose nth_element gives the exact k-th key T; (3) write every key above T and the first (k - #above)
-// keys equal to T, each chunk at an offset known from the counts.
-template <typename T>
-void select_k_impl(const T* s, int64_t n, int64_t k, bool largest, int64_t* out) {
-  using KO = KeyOf<T>;
-  using K = typename KO::K;
-  constexpr int kShift = 8 * static_cast<int>(sizeof(K)) - kTopBits;
-  constexpr int64_t kBins = int64_t(1) << kTopBits;
-  auto key = [&](int64_t i) -> K { const K x = KO::key(s[i]); return largest ? x : ~x; };
-  const int nt = team_for(n);
-  std::vector<int64_t> hist(static_cast<size_t>(nt) * kBins, 0);
-#pragma omp parallel num_threads(nt)
-  {
-    int64_t* h = hist.data() + static_cast<size_t>(omp_get_thread_num()) * kBins;
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < n; ++i) ++h[key(i) >> kShift];
-  }
-  int64_t above = 0, bin = kBins - 1;
-  for (; bin >= 0; --bin) {
-    int64_t count = 0;
-    for (int t = 0; t < nt; ++t) count += hist[static_cast<size_t>(t) * kBins + bin];
-    if (above + count >= k) break;
-    above += count;
-  }
-  const int64_t n_chunks = chunk_count(nt, n, 1 << 14);
-  std::vector<int64_t> n_gt(n_chunks), n_eq(n_chunks);
-  std::vector<std::vector<int64_t>> in_bin(n_chunks);
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
-  for (int64_t c = 0; c < n_chunks; ++c) {
-    int64_t gt = 0;
-    for (int64_t i = n * c / n_chunks, e = n * (c + 1) / n_chunks; i < e; ++i) {
-      const int64_t top = static_cast<int64_t>(key(i) >> kShift);
-      gt += top > bin;
-      if (top == bin) in_bin[c].push_back(i);
+// Two passes over the scores. A strided sample of 2^14 keys brackets the k-th key in [lo, hi] (a few
+// standard deviations of the sample quantile either side); pass 1 counts, per fixed chunk, the keys above
+// hi and collects the positions inside the bracket (a few % of them), whose nth_element gives the exact
+// k-th key T (when the bracket missed, it is widened to the whole side that holds T and pass 1 repeats);
+// pass 2 writes every key above T and the first (k - #above) keys equal to T, each chunk at its offset.
+constexpr int64_t kFlagWord = 8;  // flags looked at together (one uint64_t) when sweeping
+
+template <typename T, bool Largest, bool Absolute>
+struct Selector {
+  using K = typename KeyOf<T>::K;
+  static inline K key(T x) { const K k = float_key<T>(x, Absolute); return Largest ? k : ~k; }
+
+  // keys above `top` counted, positions with lo <= key <= top collected into `bracket` (ascending)
+  static int64_t count_and_collect(const T* s, int64_t begin, int64_t end, K lo, K top,
+                                   std::vector<int64_t>& bracket) {
+    int64_t gt = 0, in = 0;
+    for (int64_t b0 = begin; b0 < end; b0 += int64_t(1) << 20) {  // key-width counters vectorise best
+      K gt_b = 0, in_b = 0;
+      const int64_t b1 = std::min(end, b0 + (int64_t(1) << 20));
+#pragma omp simd reduction(+ : gt_b, in_b)
+      for (int64_t i = b0; i < b1; ++i) {
+        const K x = key(s[i]);
+        gt_b += K(x > top);
+        in_b += K(x >= lo) & K(x <= top);
+      }
+      gt += static_cast<int64_t>(gt_b);
+      in += static_cast<int64_t>(in_b);
     }
-    n_gt[c] = gt;
+    bracket.resize(in + kFlagWord);
+    sweep(s, begin, end, bracket.data(), in, 0, [lo, top](K x) { return uint8_t(((x >= lo) & (x <= top)) << 1); });
+    bracket.resize(in);
+    return gt;
   }
-  std::vector<K> bin_keys;
-  for (const auto& v : in_bin) for (int64_t i : v) bin_keys.push_back(key(i));
-  const int64_t need = k - above;  // 1 <= need <= bin_keys.size()
-  TORCH_CHECK(need >= 1 && need <= static_cast<int64_t>(bin_keys.size()), "select_k: internal error");
-  std::nth_element(bin_keys.begin(), bin_keys.begin() + (need - 1), bin_keys.end(), std::greater<K>());
-  const K threshold = bin_keys[need - 1];
-  for (int64_t c = 0; c < n_chunks; ++c) {
-    int64_t eq = 0;
-    for (int64_t i : in_bin[c]) {
-      const K x = key(i);
-      n_gt[c] += x > threshold;
-      eq += x == threshold;
-    }
-    n_eq[c] = eq;
-  }
-  int64_t ties_left = k;
-  for (int64_t c = 0; c < n_chunks; ++c) ties_left -= n_gt[c];
-  std::vector<int64_t> offset(n_chunks), ties(n_chunks);
-  int64_t written = 0;
-  for (int64_t c = 0; c < n_chunks; ++c) {
-    ties[c] = std::min(n_eq[c], ties_left);
-    ties_left -= ties[c];
-    offset[c] = written;
-    written += n_gt[c] + ties[c];
-  }
-  TORCH_CHECK(written == k && ties_left == 0, "select_k: internal error (selected ", written, " of ", k, ")");
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
-  for (int64_t c = 0; c < n_chunks; ++c) {
-    int64_t w = offset[c], t = ties[c];
-    for (int64_t i = n * c / n_chunks, e = n * (c + 1) / n_chunks; i < e; ++i) {
-      const K x = key(i);
-      if (x > threshold || (x == threshold && t > 0)) {
-        out[w++] = i;
-        if (x == threshold) --t;
+
+  // Writes, ascending, the positions i in [begin, end) that flag_of(key(s[i])) selects until `count` are
+  // written: flag 2 selects, flag 1 selects while `ties` last (the first ones, so ties go to the lower
+  // position), 0 does not. Flags are computed a block at a time (vectorised); the sweep writes every
+  // position at the cursor, which advances only for a selected one, so there is no branch per element.
+  // `out` must have kFlagWord slots beyond `count` unless the tail is swept one by one (guarded).
+  template <typename Flag>
+  static void sweep(const T* s, int64_t begin, int64_t end, int64_t* out, int64_t count, int64_t ties, Flag flag_of,
+                    bool guarded = false) {
+    constexpr int64_t kBlock = 256;
+    alignas(64) uint8_t flags[kBlock];
+    int64_t w = 0;
+    for (int64_t b0 = begin; b0 < end && w < count; b0 += kBlock) {
+      const int64_t len = std::min(kBlock, end - b0);
+#pragma omp simd
+      for (int64_t j = 0; j < len; ++j) flags[j] = flag_of(key(s[b0 + j]));
+      for (int64_t j = len; j < kBlock; ++j) flags[j] = 0;
+      for (int64_t j = 0; j < len && w < count; j += kFlagWord) {
+        uint64_t word;
+        std::memcpy(&word, flags + j, sizeof word);
+        if (word == 0) continue;
+        if (guarded && w + kFlagWord > count) {  // the last few: never write past this range
+          for (int64_t q = j; q < std::min(len, j + kFlagWord) && w < count; ++q) {
+            const int64_t tie = (flags[q] & 1) & (ties > 0);
+            if ((flags[q] >> 1) | tie) out[w++] = b0 + q;
+            ties -= tie;
+          }
+          continue;
+        }
+        for (int64_t q = j; q < j + kFlagWord; ++q) {
+          const int64_t tie = (flags[q] & 1) & (ties > 0);
+          out[w] = b0 + q;
+          w += (flags[q] >> 1) | tie;
+          ties -= tie;
+        }
       }
     }
   }
+
+  static void run(const T* s, int64_t n, int64_t k, int64_t* out) {
+    const int nt = team_for(n);
+    const int64_t n_chunks = chunk_count(nt, n, 1 << 14);
+    constexpr int64_t kSample = int64_t(1) << 14;
+    const int64_t S = std::min(n, kSample);
+    std::vector<K> sample(S);
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t j = 0; j < S; ++j) sample[j] = key(s[j * n / S]);
+    const double rank = static_cast<double>(k) * S / n;  // of the k-th key in the descending sample
+    const double margin = 3.0 * std::sqrt(rank * (1.0 - rank / S) + 1.0) + 2.0;
+    const int64_t hi_rank = static_cast<int64_t>(std::floor(rank - margin));
+    const int64_t lo_rank = static_cast<int64_t>(std::ceil(rank + margin));
+    K hi = ~K(0), lo = K(0);  // keys > hi: surely selected; keys < lo: surely not
+    if (hi_rank >= 0) {
+      std::nth_element(sample.begin(), sample.begin() + hi_rank, sample.end(), std::greater<K>());
+      hi = sample[hi_rank];
+    }
+    if (lo_rank < S) {
+      std::nth_element(sample.begin() + std::max<int64_t>(hi_rank, 0), sample.begin() + lo_rank, sample.end(),
+                       std::greater<K>());
+      lo = sample[lo_rank];
+    }
+    std::vector<int64_t> n_gt(n_chunks), n_eq(n_chunks);
+    std::vector<std::vector<int64_t>> in_bracket(n_chunks);
+    int64_t above = 0, inside = 0;
+    for (int attempt = 0;; ++attempt) {
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+      for (int64_t c = 0; c < n_chunks; ++c) {
+        n_gt[c] = count_and_collect(s, n * c / n_chunks, n * (c + 1) / n_chunks, lo, hi, in_bracket[c]);
+      }
+      above = inside = 0;
+      for (int64_t c = 0; c < n_chunks; ++c) { above += n_gt[c]; inside += static_cast<int64_t>(in_bracket[c].size()); }
+      if (above < k && k <= above + inside) break;
+      TORCH_CHECK(attempt == 0, "select_k: internal error (bracket)");
+      if (above >= k) { lo = hi; hi = ~K(0); }  // T is at or above hi: the bracket becomes [hi, max]
+      else { hi = lo; lo = K(0); }             // T is at or below lo: the bracket becomes [min, lo]
+    }
+    std::vector<int64_t> key_at(n_chunks + 1, 0);
+    for (int64_t c = 0; c < n_chunks; ++c) key_at[c + 1] = key_at[c] + static_cast<int64_t>(in_bracket[c].size());
+    std::vector<K> keys(inside);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (int64_t c = 0; c < n_chunks; ++c) {
+      K* kc = keys.data() + key_at[c];
+      const auto& v = in_bracket[c];
+      for (size_t j = 0; j < v.size(); ++j) kc[j] = key(s[v[j]]);
+    }
+    const int64_t need = k - above;
+    std::vector<K> order(keys);
+    std::nth_element(order.begin(), order.begin() + (need - 1), order.end(), std::greater<K>());
+    const K threshold = order[need - 1];
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (int64_t c = 0; c < n_chunks; ++c) {
+      int64_t gt = 0, eq = 0;
+      for (int64_t j = key_at[c]; j < key_at[c + 1]; ++j) {
+        gt += keys[j] > threshold;
+        eq += keys[j] == threshold;
+      }
+      n_gt[c] += gt;
+      n_eq[c] = eq;
+    }
+    int64_t ties_left = k;
+    for (int64_t c = 0; c < n_chunks; ++c) ties_left -= n_gt[c];
+    std::vector<int64_t> offset(n_chunks + 1), ties(n_chunks);
+    for (int64_t c = 0; c < n_chunks; ++c) {
+      ties[c] = std::min(n_eq[c], ties_left);
+      ties_left -= ties[c];
+      offset[c + 1] = offset[c] + n_gt[c] + ties[c];
+    }
+    TORCH_CHECK(offset[n_chunks] == k && ties_left == 0, "select_k: internal error (selected ", offset[n_chunks],
+                " of ", k, ")");
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (int64_t c = 0; c < n_chunks; ++c)
+      sweep(s, n * c / n_chunks, n * (c + 1) / n_chunks, out + offset[c], offset[c + 1] - offset[c], ties[c],
+            [threshold](K x) { return uint8_t((K(x > threshold) << 1) | K(x == threshold)); }, true);
+  }
+};
+
+template <typename T>
+void select_k_impl(const T* s, int64_t n, int64_t k, bool largest, bool absolute, int64_t* out) {
+  if (largest)
+    absolute ? Selector<T, true, true>::run(s, n, k, out) : Selector<T, true, false>::run(s, n, k, out);
+  else
+    absolute ? Selector<T, false, true>::run(s, n, k, out) : Selector<T, false, false>::run(s, n, k, out);
 }
 
 }  // namespace
@@ -702,7 +786,7 @@ torch::Tensor unique_difference(torch::Tensor a, torch::Tensor b) {
   return out.resize_({total});
 }
 
-torch::Tensor select_k(torch::Tensor scores, int64_t k, bool largest) {
+torch::Tensor select_k(torch::Tensor scores, int64_t k, bool largest, bool absolute) {
   TORCH_CHECK(scores.device().is_cpu() && scores.dim() == 1 && scores.is_contiguous(),
               "scores must be a contiguous 1-D CPU tensor");
   const int64_t n = scores.numel();
@@ -711,9 +795,9 @@ torch::Tensor select_k(torch::Tensor scores, int64_t k, bool largest) {
   auto out = torch::empty({k}, scores.options().dtype(torch::kInt64));
   if (k == 0) return out;
   if (scores.scalar_type() == torch::kFloat32)
-    select_k_impl<float>(scores.data_ptr<float>(), n, k, largest, out.data_ptr<int64_t>());
+    select_k_impl<float>(scores.data_ptr<float>(), n, k, largest, absolute, out.data_ptr<int64_t>());
   else if (scores.scalar_type() == torch::kFloat64)
-    select_k_impl<double>(scores.data_ptr<double>(), n, k, largest, out.data_ptr<int64_t>());
+    select_k_impl<double>(scores.data_ptr<double>(), n, k, largest, absolute, out.data_ptr<int64_t>());
   else
     TORCH_CHECK(false, "select_k supports float32 and float64 scores, got ", scores.scalar_type());
   return out;
@@ -734,11 +818,13 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, int64_t> merge_entries(
   const int64_t nnz = row.numel(), nd = drop.numel(), nn = new_lin.numel();
   const int64_t* d = drop.data_ptr<int64_t>();
   const int64_t* nl = new_lin.data_ptr<int64_t>();
-  for (int64_t i = 0; i < nd; ++i)
-    TORCH_CHECK_VALUE(d[i] >= 0 && d[i] < nnz && (i == 0 || d[i - 1] < d[i]),
-                      "drop must be strictly increasing slots in [0, ", nnz, ")");
-  for (int64_t i = 0; i < nn; ++i)
-    TORCH_CHECK_VALUE(nl[i] >= 0 && (i == 0 || nl[i - 1] < nl[i]), "new_lin must be strictly increasing and >= 0");
+  bool bad_drop = false, bad_new = false;
+#pragma omp parallel for num_threads(team_for(nd)) schedule(static) reduction(|| : bad_drop)
+  for (int64_t i = 0; i < nd; ++i) bad_drop = bad_drop || d[i] < 0 || d[i] >= nnz || (i > 0 && d[i - 1] >= d[i]);
+#pragma omp parallel for num_threads(team_for(nn)) schedule(static) reduction(|| : bad_new)
+  for (int64_t i = 0; i < nn; ++i) bad_new = bad_new || nl[i] < 0 || (i > 0 && nl[i - 1] >= nl[i]);
+  TORCH_CHECK_VALUE(!bad_drop, "drop must be strictly increasing slots in [0, ", nnz, ")");
+  TORCH_CHECK_VALUE(!bad_new, "new_lin must be strictly increasing and >= 0");
   const int64_t n_out = nnz - nd + nn;
   auto out_row = torch::empty({n_out}, row.options());
   auto out_col = torch::empty({n_out}, row.options());
@@ -873,6 +959,313 @@ std::tuple<bool, bool> order_check(torch::Tensor t, int64_t high) {
   return {!out_of_range, !unordered};
 }
 
+// --- growth candidates: sampled, de-duplicated, inactive and scored, row by row ------------------------
+//
+// GSE draws m (row, col) pairs with replacement (row ~ g, col ~ f, independent), keeps each inactive
+// position once and scores it with the batch gradient <left[row], right[col]>. The same distribution,
+// without a global sort: first the number of draws per row (m row draws, histogrammed), then, row by row,
+// that many column draws from the row's own counter-based stream; the row's distinct inactive columns come
+// out of a bitmap (wide rows of few draws: a small sort), and are scored in the same parallel pass.
+// Every random number is a function of (seed, draw index) or (seed, row, draw index): the sample does not
+// depend on the thread count.
+namespace {
+
+inline uint64_t mul_high(uint64_t x, uint64_t n) {
+  return static_cast<uint64_t>((static_cast<unsigned __int128>(x) * n) >> 64);
+}
+
+// Walker's alias table over non-negative weights: O(n) to build, O(1) per draw. Units of weight 0 are left
+// out of the table, so they are never drawn. No weights: uniform.
+class UnitSampler {
+ public:
+  UnitSampler(int64_t n, const double* w) : n_(n) {
+    if (w == nullptr) return;
+    double total = 0.0;
+    for (int64_t i = 0; i < n; ++i) {
+      TORCH_CHECK_VALUE(w[i] >= 0.0 && std::isfinite(w[i]), "sampler weights must be finite and >= 0, got ", w[i],
+                        " at unit ", i);
+      if (w[i] > 0.0) { unit_.push_back(i); total += w[i]; }
+    }
+    TORCH_CHECK_VALUE(!unit_.empty(), "sampler weights must not all be 0 (pass None for uniform)");
+    const int64_t s = static_cast<int64_t>(unit_.size());
+    prob_.resize(s);
+    alias_.resize(s);
+    std::vector<double> p(s);
+    std::vector<int64_t> small, large;
+    for (int64_t j = 0; j < s; ++j) {
+      p[j] = w[unit_[j]] * static_cast<double>(s) / total;
+      (p[j] < 1.0 ? small : large).push_back(j);
+    }
+    while (!small.empty() && !large.empty()) {
+      const int64_t a = small.back(), b = large.back();
+      small.pop_back();
+      prob_[a] = p[a];
+      alias_[a] = b;
+      p[b] = (p[b] + p[a]) - 1.0;
+      if (p[b] < 1.0) { large.pop_back(); small.push_back(b); }
+    }
+    for (int64_t j : large) { prob_[j] = 1.0; alias_[j] = j; }
+    for (int64_t j : small) { prob_[j] = 1.0; alias_[j] = j; }  // rounding leftovers: weight ~1 each
+  }
+
+  // One unit from 64 random bits: uniform by a multiply-high; alias: the table slot from the high 32 bits,
+  // the coin from the low 32.
+  inline int64_t draw(uint64_t x) const {
+    if (unit_.empty()) return static_cast<int64_t>(mul_high(x, static_cast<uint64_t>(n_)));
+    const int64_t j = static_cast<int64_t>(((x >> 32) * static_cast<uint64_t>(unit_.size())) >> 32);
+    const double u = static_cast<double>(static_cast<uint32_t>(x)) * 0x1.0p-32;
+    return unit_[u < prob_[j] ? j : alias_[j]];
+  }
+
+ private:
+  int64_t n_;
+  std::vector<int64_t> unit_, alias_;
+  std::vector<double> prob_;
+};
+
+constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ull;
+
+// The distinct columns of `n_draws` draws of one row (stream `row_seed`), minus the active ones (sorted
+// `active`), written ascending to `out` (room for n_draws + kFlagWord); returns how many. Bitmap when the
+// row is narrow relative to its draws, else sort + merge.
+template <typename I>
+int64_t row_candidates(const UnitSampler& cols, uint64_t row_seed, int64_t n_draws, int64_t n_in, const I* active,
+                       int64_t n_active, std::vector<uint64_t>& bits, int32_t* out) {
+  const int64_t words = (n_in + 63) / 64;
+  if (words <= 4 * n_draws) {
+    bits.assign(words, 0);
+    for (int64_t t = 0; t < n_draws; ++t) {
+      const int64_t c = cols.draw(splitmix64(row_seed + static_cast<uint64_t>(t) * kGolden));
+      bits[c >> 6] |= uint64_t(1) << (c & 63);
+    }
+    for (int64_t p = 0; p < n_active; ++p) {
+      const int64_t c = active[p];
+      bits[c >> 6] &= ~(uint64_t(1) << (c & 63));
+    }
+    // set bits to column numbers without a branch per bit: four slots written unconditionally per word
+    // (the cursor advances by the popcount), a loop only for the rare word with more than four
+    int32_t* o = out;
+    for (int64_t wi = 0; wi < words; ++wi) {
+      uint64_t word = bits[wi];
+      const int count = __builtin_popcountll(word);
+      const int32_t at = static_cast<int32_t>(wi * 64);
+      for (int q = 0; q < 4; ++q) { o[q] = at + __builtin_ctzll(word | (uint64_t(1) << 63)); word &= word - 1; }
+      for (int q = 4; q < count; ++q) { o[q] = at + __builtin_ctzll(word); word &= word - 1; }
+      o += count;
+    }
+    return o - out;
+  }
+  for (int64_t t = 0; t < n_draws; ++t)
+    out[t] = static_cast<int32_t>(cols.draw(splitmix64(row_seed + static_cast<uint64_t>(t) * kGolden)));
+  std::sort(out, out + n_draws);
+  int64_t w = 0, p = 0;
+  for (int64_t t = 0; t < n_draws; ++t) {  // in place: w <= t
+    const int32_t c = out[t];
+    if (t > 0 && out[t - 1] == c) continue;
+    while (p < n_active && static_cast<int64_t>(active[p]) < c) ++p;
+    if (p < n_active && static_cast<int64_t>(active[p]) == c) continue;
+    out[w++] = c;
+  }
+  return w;
+}
+
+// Scores of candidate CSR rows [r_begin, r_end): score[e] = sum_p <left_p[row_e], right_p[col_e]> (|.| with
+// `absolute`), the batch dimension in tiles of W as in sddmm_entries (register-resident dot products).
+template <typename T, int W>
+void score_rows(const int64_t* crow, const int32_t* col, int64_t r_begin, int64_t r_end,
+                const std::vector<const T*>& lefts, const std::vector<const T*>& rights,
+                const std::vector<int64_t>& widths, bool absolute, int64_t prefetch, T* score) {
+  const int64_t n_parts = static_cast<int64_t>(lefts.size());
+  for (int64_t r = r_begin; r < r_end; ++r) {
+    const int64_t e0 = crow[r], e1 = crow[r + 1];
+    for (int64_t p = 0; p < n_parts; ++p) {
+      const int64_t R = widths[p];
+      for (int64_t r0 = 0; r0 < R; r0 += W) {
+        const int64_t w = std::min<int64_t>(W, R - r0);
+        const bool first = p == 0 && r0 == 0;
+        const T* a = lefts[p] + r * R + r0;
+        const T* right = rights[p] + r0;
+        for (int64_t e = e0; e < e1; ++e) {
+          if (prefetch > 0 && e + prefetch < e1)
+            prefetch_tile<int32_t>(right + int64_t(col[e + prefetch]) * R, w * sizeof(T));
+          const T* b = right + int64_t(col[e]) * R;
+          T s = T(0);
+          if (w == W) {
+#pragma omp simd reduction(+ : s)
+            for (int k = 0; k < W; ++k) s += a[k] * b[k];
+          } else {
+            for (int64_t k = 0; k < w; ++k) s += a[k] * b[k];
+          }
+          score[e] = first ? s : score[e] + s;
+        }
+      }
+    }
+    if (absolute)
+      for (int64_t e = e0; e < e1; ++e) score[e] = std::abs(score[e]);
+  }
+}
+
+}  // namespace
+
+// Sampled growth candidates of a CSR layer and their gradient scores sum_p <left_p[row], right_p[col]>
+// (absolute values with `absolute`): (candidate row pointers int64, columns int32 ascending per row, scores).
+// Pass 1 draws the rows of all m draws (histogram); pass 2, per chunk of rows, draws each row's columns and
+// writes its distinct inactive ones at the chunk's place in an m-long column array, which is then
+// compacted; pass 3 scores them. Extra memory: the m-long column array and the row pointers.
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> sample_and_score(
+    torch::Tensor crow, torch::Tensor col, int64_t n_in, int64_t m, int64_t seed, c10::optional<torch::Tensor> row_weights,
+    c10::optional<torch::Tensor> col_weights, std::vector<torch::Tensor> lefts, std::vector<torch::Tensor> rights,
+    bool absolute, int64_t tile_bytes, int64_t prefetch) {
+  check_common(crow, col, "crow");
+  const int64_t n_out = crow.numel() - 1;
+  TORCH_CHECK_VALUE(n_out >= 0 && n_in >= 1 && n_in < (int64_t(1) << 31),
+                    "sample_and_score needs n_in in [1, 2^31), got ", n_in);
+  TORCH_CHECK_VALUE(m >= 0, "m must be >= 0, got ", m);
+  TORCH_CHECK(!lefts.empty() && lefts.size() == rights.size(), "need one (left, right) pair per observed part");
+  for (size_t p = 0; p < lefts.size(); ++p) {
+    check_dense(lefts[p], "left_fm");
+    check_dense(rights[p], "right_fm");
+    TORCH_CHECK(lefts[p].size(0) == n_out && rights[p].size(0) == n_in && lefts[p].size(1) == rights[p].size(1),
+                "part ", p, ": left_fm must be (n_out, R) and right_fm (n_in, R)");
+    TORCH_CHECK(lefts[p].scalar_type() == lefts[0].scalar_type() && rights[p].scalar_type() == lefts[0].scalar_type(),
+                "all parts must have the same dtype");
+  }
+  auto weights_of = [](const c10::optional<torch::Tensor>& w, int64_t n, const char* name) -> torch::Tensor {
+    if (!w.has_value()) return torch::Tensor();
+    TORCH_CHECK(w->device().is_cpu() && w->dim() == 1 && w->numel() == n, name, " must be a 1-D CPU tensor of ", n,
+                " weights");
+    return w->to(torch::kFloat64).contiguous();
+  };
+  const torch::Tensor gw = weights_of(row_weights, n_out, "row_weights");
+  const torch::Tensor fw = weights_of(col_weights, n_in, "col_weights");
+  const UnitSampler rows(n_out, gw.defined() ? gw.data_ptr<double>() : nullptr);
+  const UnitSampler cols(n_in, fw.defined() ? fw.data_ptr<double>() : nullptr);
+  auto cand_crow = torch::zeros({n_out + 1}, crow.options().dtype(torch::kInt64));
+  if (n_out == 0 || m == 0)
+    return {cand_crow, torch::empty({0}, crow.options().dtype(torch::kInt32)), torch::empty({0}, lefts[0].options())};
+
+  // 1. draws per row
+  const uint64_t row_stream = splitmix64(static_cast<uint64_t>(seed) ^ 0x5851F42D4C957F2Dull);
+  const uint64_t col_stream = splitmix64(static_cast<uint64_t>(seed) ^ 0x14057B7EF767814Full);
+  const int nt = team_size(m * 16);
+  std::vector<int64_t> hist(static_cast<size_t>(nt) * n_out, 0);
+  const int64_t n_blocks = (m + kDrawBlock - 1) / kDrawBlock;
+#pragma omp parallel num_threads(nt)
+  {
+    int64_t* h = hist.data() + static_cast<size_t>(omp_get_thread_num()) * n_out;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t b = 0; b < n_blocks; ++b)
+      for (int64_t j = b * kDrawBlock, e = std::min(m, (b + 1) * kDrawBlock); j < e; ++j)
+        ++h[rows.draw(splitmix64(row_stream + static_cast<uint64_t>(j) * kGolden))];
+  }
+  std::vector<int64_t> draws_before(n_out + 1, 0);
+  for (int64_t r = 0; r < n_out; ++r) {
+    int64_t c = 0;
+    for (int t = 0; t < nt; ++t) c += hist[static_cast<size_t>(t) * n_out + r];
+    hist[r] = c;
+    draws_before[r + 1] = draws_before[r] + c;
+  }
+
+  // 2. each row's distinct inactive columns, at the chunk's place in an m (+ slack) long array
+  const int64_t n_chunks = std::max<int64_t>(1, std::min<int64_t>(n_out, int64_t(nt) * kChunksPerThread * 4));
+  const std::vector<int64_t> bounds = balanced_row_chunks(draws_before.data(), n_out, n_chunks);
+  auto cand_col = torch::empty({m + 8}, crow.options().dtype(torch::kInt32));
+  int32_t* cc = cand_col.data_ptr<int32_t>();
+  int64_t* kept = cand_crow.data_ptr<int64_t>();  // kept[r + 1]: candidates of row r, then the prefix
+  std::vector<int64_t> chunk_kept(n_chunks);
+  dispatch_index(col, [&](auto tag) {
+    using I = decltype(tag);
+    const I* cp = crow.data_ptr<I>();
+    const I* ci = col.data_ptr<I>();
+#pragma omp parallel num_threads(nt)
+    {
+      std::vector<uint64_t> bits;
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t c = 0; c < n_chunks; ++c) {
+        int32_t* out = cc + draws_before[bounds[c]];
+        int64_t w = 0;
+        for (int64_t r = bounds[c]; r < bounds[c + 1]; ++r) {
+          int64_t got = 0;
+          if (hist[r] > 0) {
+            const uint64_t row_seed = splitmix64(col_stream + static_cast<uint64_t>(r) * 0xD1B54A32D192ED03ull);
+            got = row_candidates<I>(cols, row_seed, hist[r], n_in, ci + cp[r],
+                                    static_cast<int64_t>(cp[r + 1]) - static_cast<int64_t>(cp[r]), bits, out + w);
+          }
+          kept[r + 1] = got;
+          w += got;
+        }
+        chunk_kept[c] = w;
+      }
+    }
+  });
+  int64_t n_cand = 0;
+  for (int64_t c = 0; c < n_chunks; ++c) {  // in order: each chunk moves left, never over an unmoved one
+    const int64_t from = draws_before[bounds[c]];
+    if (from != n_cand && chunk_kept[c] > 0) std::memmove(cc + n_cand, cc + from, chunk_kept[c] * sizeof(int32_t));
+    n_cand += chunk_kept[c];
+  }
+  for (int64_t r = 0; r < n_out; ++r) kept[r + 1] += kept[r];
+
+  // 3. scores
+  auto score = torch::empty({n_cand}, lefts[0].options());
+  AT_DISPATCH_FLOATING_TYPES(lefts[0].scalar_type(), "sparsetrain_sample_and_score", [&] {
+    std::vector<const scalar_t*> left_ptrs, right_ptrs;
+    std::vector<int64_t> widths;
+    for (size_t p = 0; p < lefts.size(); ++p) {
+      left_ptrs.push_back(lefts[p].data_ptr<scalar_t>());
+      right_ptrs.push_back(rights[p].data_ptr<scalar_t>());
+      widths.push_back(lefts[p].size(1));
+    }
+    const std::vector<int64_t> score_bounds = balanced_row_chunks(kept, n_out, n_chunks);
+    scalar_t* so = score.data_ptr<scalar_t>();
+    with_tile<scalar_t>(tile_bytes, [&](auto wc) {
+      constexpr int W = decltype(wc)::value;
+      parallel_chunks(nt, n_chunks, [&](int64_t c) {
+        score_rows<scalar_t, W>(kept, cc, score_bounds[c], score_bounds[c + 1], left_ptrs, right_ptrs, widths,
+                                absolute, prefetch, so);
+      });
+    });
+  });
+  return {cand_crow, cand_col.narrow(0, 0, n_cand), score};
+}
+
+// Linear positions row * n_cols + col of the entries `slots` (ascending) of a CSR (int64 row pointers).
+torch::Tensor csr_linear(torch::Tensor crow, torch::Tensor col, torch::Tensor slots, int64_t n_cols) {
+  TORCH_CHECK(crow.device().is_cpu() && crow.dim() == 1 && crow.is_contiguous() && crow.scalar_type() == torch::kInt64,
+              "crow must be a contiguous 1-D int64 CPU tensor");
+  check_index_vector(col, "col");
+  check_index_vector(slots, "slots");
+  TORCH_CHECK(slots.scalar_type() == torch::kInt64, "slots must be int64");
+  const int64_t n_rows = crow.numel() - 1, k = slots.numel(), nnz = col.numel();
+  const int64_t* cp = crow.data_ptr<int64_t>();
+  const int64_t* sp = slots.data_ptr<int64_t>();
+  TORCH_CHECK(n_rows >= 0 && cp[n_rows] == nnz, "crow must end at len(col)");
+  auto out = torch::empty({k}, slots.options());
+  int64_t* o = out.data_ptr<int64_t>();
+  const int nt = team_for(k);
+  const int64_t n_chunks = chunk_count(nt, k, 1 << 14);
+  bool bad = false;
+  dispatch_index(col, [&](auto tag) {
+    using I = decltype(tag);
+    const I* ci = col.data_ptr<I>();
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(|| : bad)
+    for (int64_t c = 0; c < n_chunks; ++c) {
+      const int64_t b = k * c / n_chunks, e = k * (c + 1) / n_chunks;
+      if (b == e) continue;
+      if (sp[b] < 0 || sp[b] >= nnz) { bad = true; continue; }
+      int64_t row = std::upper_bound(cp, cp + n_rows + 1, sp[b]) - cp - 1;
+      for (int64_t i = b; i < e; ++i) {
+        const int64_t slot = sp[i];
+        if (slot < 0 || slot >= nnz || (i > b && slot <= sp[i - 1])) { bad = true; break; }
+        while (cp[row + 1] <= slot) ++row;
+        o[i] = row * n_cols + static_cast<int64_t>(ci[slot]);
+      }
+    }
+  });
+  TORCH_CHECK_VALUE(!bad, "slots must be strictly increasing entries in [0, ", nnz, ")");
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("spmm", &spmm, "feature-major CSR SpMM: (n_rows, R) = CSR @ (n_cols, R)");
   m.def("spmm_t", &spmm_t, "feature-major transposed SpMM from the row CSR: (n_cols, R) = CSR^T @ (n_rows, R)");
@@ -889,5 +1282,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gather_or_zero", &gather_or_zero, "src[index], 0 where index < 0");
   m.def("coordinates_to_linear", &coordinates_to_linear, "(lin, all in range, strictly increasing)");
   m.def("order_check", &order_check, "(all in [0, high), strictly increasing)");
+  m.def("sample_and_score", &sample_and_score, "sampled inactive positions of a CSR layer and their gradient scores");
+  m.def("csr_linear", &csr_linear, "linear positions of CSR entries");
   m.def("num_threads", []() { return at::get_num_threads(); });
 }

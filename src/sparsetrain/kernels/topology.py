@@ -86,6 +86,48 @@ def sorted_uniform_draws(total: int, m: int, generator: torch.Generator, device:
     return draws if exclude is None else unique_difference(draws, exclude)
 
 
+def sample_and_score(crow: torch.Tensor, col: torch.Tensor, n_in: int, m: int, generator: torch.Generator,
+                     parts: list[tuple[torch.Tensor, torch.Tensor]], f: torch.Tensor | None = None,
+                     g: torch.Tensor | None = None,
+                     absolute: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """GSE growth candidates of a CSR layer, scored in the same pass: ``(cand_crow, cand_col, scores)``, or
+    None where our CPU kernels do not serve these tensors (the caller then composes the torch steps).
+
+    ``m`` pairs are drawn with replacement, output unit b ~ ``g``, input unit a ~ ``f`` (non-negative
+    weights, ``None`` = uniform, weight-0 units never drawn). The candidates are each drawn position that
+    is not active, once, as a CSR (int64 row pointers, int32 columns ascending within a row: row-major
+    order); ``scores`` is the batch gradient Σ_parts <gy_fm[b], x_fm[a]> there (absolute with
+    ``absolute``). ``parts`` are the observed (x_fm (n_in, R), gy_fm (n_out, R)) pairs. Row counts come
+    from m row draws, then each row draws its columns from its own counter-based stream: no global sort,
+    and the sample is a function of one draw from ``generator``, not of the thread count.
+    """
+    _check_index("crow", crow)
+    _check_index("col", col)
+    if m < 0:
+        raise ValueError(f"m must be >= 0, got {m}")
+    if not parts:
+        raise ValueError("sample_and_score needs at least one observed (x_fm, gy_fm) part")
+    dtype = parts[0][0].dtype
+    cpp = _cpp(crow.device, dtype)
+    if cpp is None or any(t.device.type != "cpu" or t.dtype != dtype for part in parts for t in part):
+        return None
+    seed = int(torch.empty((), dtype=torch.int64).random_(generator=generator))
+    return cpp.sample_and_score(crow, col.to(crow.dtype), n_in, m, seed, g, f, parts, absolute)
+
+
+def csr_linear(crow: torch.Tensor, col: torch.Tensor, slots: torch.Tensor, n_cols: int) -> torch.Tensor:
+    """Linear positions ``row · n_cols + col`` of the CSR entries ``slots`` (strictly increasing int64)."""
+    _check_index("col", col)
+    _check_lin("slots", slots)
+    if crow.dtype != torch.int64:
+        crow = crow.long()
+    cpp = _cpp(col.device)
+    if cpp is not None:
+        return cpp.csr_linear(crow, col, slots, n_cols)
+    rows = torch.searchsorted(crow, slots, right=True) - 1
+    return rows * n_cols + col[slots].long()
+
+
 def unique_difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """The values of sorted ``a``, each once, that are not in sorted ``b`` (ascending): a linear merge.
 
@@ -109,11 +151,12 @@ def unique_difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a[keep]
 
 
-def select_k(scores: torch.Tensor, k: int, largest: bool = True) -> torch.Tensor:
+def select_k(scores: torch.Tensor, k: int, largest: bool = True, absolute: bool = False) -> torch.Tensor:
     """Ascending int64 positions of the ``k`` largest (or smallest) scores; ties go to the lower position.
 
     Order: -0.0 equals +0.0; NaN ranks above +inf (chosen first by largest, last by smallest), as in
-    ``torch.sort``. C++: radix select of the k-th key plus two counting passes (O(n), no sort).
+    ``torch.sort``. ``absolute`` ranks |scores| without forming them. C++: a sample brackets the k-th key,
+    then two passes (count and collect the bracket, write), O(n) without a sort.
     """
     if scores.ndim != 1:
         raise ValueError(f"scores must be 1-D, got shape {tuple(scores.shape)}")
@@ -121,7 +164,9 @@ def select_k(scores: torch.Tensor, k: int, largest: bool = True) -> torch.Tensor
     k = max(0, min(int(k), n))
     cpp = _cpp(scores.device, scores.dtype)
     if cpp is not None:
-        return cpp.select_k(scores, k, bool(largest))
+        return cpp.select_k(scores, k, bool(largest), bool(absolute))
+    if absolute:
+        scores = scores.abs()
     if k == n:
         return torch.arange(n, device=scores.device)
     if k == 0:

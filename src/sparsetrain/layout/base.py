@@ -83,7 +83,11 @@ class Layout(nn.Module, ABC):
 
     @abstractmethod
     def replace(self, drop_slots: torch.Tensor, new_coordinates: torch.Tensor) -> SlotRemap:
-        """Deactivate ``drop_slots`` and activate ``new_coordinates`` ((k, 2) row/col) with value exactly 0."""
+        """Deactivate ``drop_slots`` and activate ``new_coordinates`` with value exactly 0.
+
+        ``new_coordinates``: (k, 2) (row, col) pairs, or 1-D int64 linear positions ``row · n_in + col``
+        (what the methods produce; strictly increasing ones skip a sort).
+        """
 
     @abstractmethod
     def to_dense(self) -> torch.Tensor:
@@ -102,14 +106,20 @@ class Layout(nn.Module, ABC):
 
 
 def validate_new_coordinates(new_coordinates: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """Check a (k, 2) coordinate tensor against the layer shape and return sorted unique linear indices.
+    """Check (k, 2) coordinates or 1-D int64 linear positions against the layer shape and return sorted
+    unique linear indices.
 
     One pass computes the indices and checks range and order; only unsorted input pays for a sort.
     """
-    if new_coordinates.ndim != 2 or new_coordinates.shape[1] != 2:
-        raise ValueError(f"new_coordinates must have shape (k, 2), got {tuple(new_coordinates.shape)}")
-    coords = new_coordinates if new_coordinates.dtype in (torch.int32, torch.int64) else new_coordinates.long()
-    lin, in_range, increasing = coordinates_to_linear(coords.contiguous(), shape[0], shape[1])
+    if new_coordinates.ndim == 1 and new_coordinates.dtype == torch.int64:
+        lin = new_coordinates.contiguous()
+        in_range, increasing = order_check(lin, shape[0] * shape[1])
+    elif new_coordinates.ndim == 2 and new_coordinates.shape[1] == 2:
+        coords = new_coordinates if new_coordinates.dtype in (torch.int32, torch.int64) else new_coordinates.long()
+        lin, in_range, increasing = coordinates_to_linear(coords.contiguous(), shape[0], shape[1])
+    else:
+        raise ValueError("new_coordinates must be (k, 2) (row, col) pairs or 1-D int64 linear positions, got shape "
+                         f"{tuple(new_coordinates.shape)} dtype {new_coordinates.dtype}")
     if not in_range:
         raise ValueError(f"new_coordinates out of range for a weight of shape {shape}")
     if not increasing:

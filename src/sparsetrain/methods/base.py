@@ -26,6 +26,7 @@ from torch import nn
 
 from .. import rng
 from ..errors import ConfigError, check_choice, check_int, check_number
+from ..kernels import linear_to_csr
 from ..layout import MaskedLayout
 from ..nn import SparseModule, sparse_layers
 from ..schedule import Constant, Cosine, Schedule, UpdatePredicate, parse_schedule, schedule_spec
@@ -78,9 +79,21 @@ class Layer:
         """Sorted int64 linear indices of the active entries (slot order)."""
         return self.module.layout.linear_indices()
 
+    def active_csr(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row pointers, columns) of the active entries: the layout's own CSR, or built from the mask."""
+        layout = self.module.layout
+        crow = getattr(layout, "crow", None)
+        if crow is not None:
+            return crow, layout.col
+        return linear_to_csr(self.active(), *self.shape)
+
     def magnitudes(self) -> torch.Tensor:
         """|θ| of the active entries in slot order."""
         return self.module.layout.values.detach().abs()
+
+    def smallest(self, k: int) -> torch.Tensor:
+        """Ascending slots of the k smallest |θ| (ties to the lower slot), without forming |θ|."""
+        return bottom_k(self.module.layout.values.detach(), k, absolute=True)
 
     def parts(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return self.observed.parts if self.observed is not None else []
@@ -284,9 +297,7 @@ class Method:
         """Replace the slots, then carry every parameter-shaped optimizer-state tensor across (D8, D9)."""
         param = layer.layout.parameter
         old_shape = param.shape
-        n_in = layer.shape[1]
-        coords = torch.stack((plan.grow_lin // n_in, plan.grow_lin % n_in), dim=1)
-        remap = layer.layout.replace(plan.drop_slots, coords)
+        remap = layer.layout.replace(plan.drop_slots, plan.grow_lin)
         state = self.optimizer.state.get(param)
         if state:
             for key, value in list(state.items()):
@@ -349,7 +360,7 @@ class PruneThenGrow(Method):
 
     def prune_slots(self, layer: Layer, k: int) -> torch.Tensor:
         """The k active slots with the smallest |θ| (ties to the lower index)."""
-        return bottom_k(layer.magnitudes(), k)
+        return layer.smallest(k)
 
     def grow_positions(self, layer: Layer, k: int, step: int) -> torch.Tensor:
         """k sorted positions inactive before the update."""

@@ -9,11 +9,14 @@ than the active one and enumerating it is cheapest).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 # sorted_uniform_draws: m uniform draws, already ascending (order statistics from exponential spacings)
-from ..kernels import sorted_uniform_draws, unique_difference
+from ..kernels import csr_linear, linear_to_csr, sample_and_score, sorted_uniform_draws, unique_difference
+from .scores import gradient_at_csr
 
 
 def drop_duplicates_and_active(sorted_lin: torch.Tensor, active_lin: torch.Tensor) -> torch.Tensor:
@@ -60,6 +63,50 @@ def sampled_candidates(active_lin: torch.Tensor, shape: tuple[int, int], m: int,
         return sorted_uniform_draws(shape[0] * shape[1], m, generator, active_lin.device, exclude=active_lin)
     lin = torch.sort(sample_pairs(shape[0], shape[1], m, generator, f, g)).values
     return drop_duplicates_and_active(lin, active_lin)
+
+
+@dataclass
+class Candidates:
+    """Growth candidates as a CSR over the layer (row-major, so slot order is linear-index order) with a
+    score per candidate."""
+
+    crow: torch.Tensor    # int64 row pointers (n_out + 1,)
+    col: torch.Tensor     # columns, ascending within a row
+    scores: torch.Tensor  # one per candidate
+    n_in: int
+
+    def __len__(self) -> int:
+        return self.col.numel()
+
+    def linear(self, slots: torch.Tensor) -> torch.Tensor:
+        """Linear positions of the candidates ``slots`` (strictly increasing), ascending."""
+        return csr_linear(self.crow, self.col, slots, self.n_in)
+
+    @classmethod
+    def from_linear(cls, lin: torch.Tensor, shape: tuple[int, int], parts: list[tuple[torch.Tensor, torch.Tensor]],
+                    budget_bytes: int) -> "Candidates":
+        """Candidates at sorted linear positions, scored |∇θ| by SDDMM."""
+        crow, col = linear_to_csr(lin, *shape)
+        return cls(crow, col, gradient_at_csr(parts, crow, col, budget_bytes).abs_(), shape[1])
+
+
+def scored_candidates(active_csr: tuple[torch.Tensor, torch.Tensor], active_lin: Callable[[], torch.Tensor],
+                      shape: tuple[int, int], m: int, generator: torch.Generator,
+                      parts: list[tuple[torch.Tensor, torch.Tensor]], f: torch.Tensor | None = None,
+                      g: torch.Tensor | None = None, budget_bytes: int = 256 << 20) -> Candidates:
+    """GSE candidates S (as :func:`sampled_candidates`) scored |∇θ|.
+
+    On CPU our kernel draws, de-duplicates, drops the actives and scores row by row in one parallel pass
+    (:func:`sparsetrain.kernels.sample_and_score`: no global sort, nothing of the layer's dense size);
+    elsewhere the torch steps run one after the other (sorted draws, merge, SDDMM in row chunks of
+    ``budget_bytes``). The two draw different (equally distributed) samples from the same generator.
+    """
+    crow, col = active_csr
+    fused = sample_and_score(crow, col, shape[1], m, generator, parts, f, g, absolute=True)
+    if fused is not None:
+        return Candidates(*fused, n_in=shape[1])
+    return Candidates.from_linear(sampled_candidates(active_lin(), shape, m, generator, f, g), shape, parts,
+                                  budget_bytes)
 
 
 def uniform_inactive(active_lin: torch.Tensor, total: int, k: int, generator: torch.Generator) -> torch.Tensor:

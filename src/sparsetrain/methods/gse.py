@@ -1,9 +1,9 @@
 """GSE, guided stochastic exploration (Heddes et al. 2024): score only a random sample of inactive
 connections, grow the best, then prune the smallest (gse.md §2.4, §2.5).
 
-Candidates come from :mod:`.candidates` (sort + searchsorted, no dense mask), their scores from an
-SDDMM over the current batch's observed (x_fm, gy_fm) (:func:`.scores.gradient_at`); no dense gradient
-is ever formed (D7). For a conv the rows are (sample, output position) pairs of the im2col features.
+Candidates and their scores come from :func:`.candidates.scored_candidates` (on CPU one pass per row:
+draw, drop duplicates and actives, SDDMM over the current batch's observed (x_fm, gy_fm)); no dense mask
+and no dense gradient is ever formed (D7). For a conv the rows are (sample, output position) pairs of the im2col features.
 """
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import torch
 from ..errors import check_choice
 from ..errors import check_int, check_number
 from .base import DYNAMIC_DEFAULTS, GRADIENT_DEFAULTS, Layer, Method, Plan
-from .candidates import inactive_positions, sampled_candidates
+from .candidates import Candidates, inactive_positions, scored_candidates
 from .registry import register
-from .scores import SAMPLERS, gradient_at, sampler_weights
+from .scores import SAMPLERS, sampler_weights
 from .select import bottom_k, count_of, top_k
 from ..schedule import parse_schedule
 
@@ -43,22 +43,21 @@ class GSE(Method):
         self.budget_bytes = int(budget * (1 << 20))
         check_int(hp["score_batches"], "score_batches", 0)
 
-    def candidates(self, layer: Layer, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sorted candidate positions S, |∇θ| at S) for one layer at ``step``."""
-        active = layer.active()
+    def candidates(self, layer: Layer, step: int) -> Candidates:
+        """The sorted candidate positions S of one layer at ``step`` with their |∇θ|."""
         parts = layer.parts()
         if layer.nnz >= self.exhaustive_density * layer.total:
-            lin = inactive_positions(active, layer.total)
-        else:
-            m = int(math.ceil(round(self.gamma(step, self.total_steps) * layer.nnz, 9)))
-            f, g = sampler_weights(parts, self.sampler, self.generator(step, layer, 1))
-            lin = sampled_candidates(active, layer.shape, m, self.generator(step, layer), f, g)
-        return lin, gradient_at(parts, lin, layer.shape[1], self.budget_bytes).abs_()
+            return Candidates.from_linear(inactive_positions(layer.active(), layer.total), layer.shape, parts,
+                                          self.budget_bytes)
+        m = int(math.ceil(round(self.gamma(step, self.total_steps) * layer.nnz, 9)))
+        f, g = sampler_weights(parts, self.sampler, self.generator(step, layer, 1))
+        return scored_candidates(layer.active_csr(), layer.active, layer.shape, m, self.generator(step, layer),
+                                 parts, f, g, self.budget_bytes)
 
     def plan_layer(self, layer: Layer, k: int, step: int) -> Plan | None:
-        lin, scores = self.candidates(layer, step)
-        k = min(k, lin.numel())
-        return Plan(bottom_k(layer.magnitudes(), k), lin[top_k(scores, k)], candidates=lin.numel())
+        found = self.candidates(layer, step)
+        k = min(k, len(found))
+        return Plan(layer.smallest(k), found.linear(top_k(found.scores, k)), candidates=len(found))
 
     def plan(self, step: int, alpha: float) -> dict[int, Plan]:
         if self.scope == "local":
@@ -67,15 +66,15 @@ class GSE(Method):
         if k == 0:
             return {}
         found = [self.candidates(layer, step) for layer in self.layers]
-        scores = torch.cat([s for _, s in found])
+        scores = torch.cat([c.scores for c in found])
         k = min(k, scores.numel())
         grow = top_k(scores, k)                       # ties: lower layer index, then lower position
-        drop = bottom_k(torch.cat([layer.magnitudes() for layer in self.layers]), k)
+        drop = bottom_k(torch.cat([layer.layout.values.detach() for layer in self.layers]), k, absolute=True)
         plans, c_start, m_start = {}, 0, 0
-        for layer, (lin, _) in zip(self.layers, found):
-            c_end, m_end = c_start + lin.numel(), m_start + layer.nnz
+        for layer, cand in zip(self.layers, found):
+            c_end, m_end = c_start + len(cand), m_start + layer.nnz
             g = grow[(grow >= c_start) & (grow < c_end)] - c_start
             d = drop[(drop >= m_start) & (drop < m_end)] - m_start
-            plans[layer.index] = Plan(d, lin[g], candidates=lin.numel())
+            plans[layer.index] = Plan(d, cand.linear(g), candidates=len(cand))
             c_start, m_start = c_end, m_end
         return plans

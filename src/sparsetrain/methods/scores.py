@@ -67,15 +67,23 @@ def candidate_csr(lin: torch.Tensor, n_out: int, n_in: int) -> tuple[torch.Tenso
 
 def gradient_at(parts: list[tuple[torch.Tensor, torch.Tensor]], lin: torch.Tensor, n_in: int,
                 budget_bytes: int = 256 << 20) -> torch.Tensor:
-    """∇θ at sorted linear indices ``lin`` by SDDMM; no dense gradient.
+    """∇θ at sorted linear indices ``lin`` by SDDMM; no dense gradient (see :func:`gradient_at_csr`)."""
+    if not parts:
+        raise RuntimeError("no backward was observed for this layer; nothing to score")
+    crow, col = candidate_csr(lin, parts[0][1].shape[0], n_in)
+    return gradient_at_csr(parts, crow, col, budget_bytes)
 
-    The candidates are split into row ranges of at most ``budget_bytes`` / 16 entries (int64 column index
-    + partial result each); the SDDMM kernel itself gathers nothing.
+
+def gradient_at_csr(parts: list[tuple[torch.Tensor, torch.Tensor]], crow: torch.Tensor, col: torch.Tensor,
+                    budget_bytes: int = 256 << 20) -> torch.Tensor:
+    """∇θ at the entries of a CSR (row pointers ``crow``, columns ``col``) by SDDMM; no dense gradient.
+
+    The SDDMM runs over row ranges of at most ``budget_bytes`` / 16 entries (column index + partial
+    result each), so its temporaries stay bounded; the kernel itself gathers nothing.
     """
     if not parts:
         raise RuntimeError("no backward was observed for this layer; nothing to score")
     n_out = parts[0][1].shape[0]
-    crow, col = candidate_csr(lin, n_out, n_in)
     chunk = max(1, budget_bytes // 16)
     pieces = []
     r0 = 0

@@ -28,12 +28,13 @@ def count_of(fraction: float, total: int, rule: str = "round") -> int:
 def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Ascending positions of the ``k`` largest scores; among equal scores the lower position wins.
 
-    :func:`sparsetrain.kernels.select_k`: a radix select plus counting passes on CPU (no sort; NaN ranks
+    :func:`sparsetrain.kernels.select_k`: a sample-bracketed two-pass select on CPU (no sort; NaN ranks
     above +inf, -0.0 equals +0.0).
     """
     return select_k(scores, k, largest=True)
 
 
-def bottom_k(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Ascending positions of the ``k`` smallest scores; among equal scores the lower position wins."""
-    return select_k(scores, k, largest=False)
+def bottom_k(scores: torch.Tensor, k: int, absolute: bool = False) -> torch.Tensor:
+    """Ascending positions of the ``k`` smallest scores (of |scores| with ``absolute``, without forming
+    them); among equal scores the lower position wins."""
+    return select_k(scores, k, largest=False, absolute=absolute)

@@ -29,7 +29,7 @@ class SET(PruneThenGrow):
 
     def prune_slots(self, layer: Layer, k: int) -> torch.Tensor:
         if self.prune_rule == "magnitude":
-            return bottom_k(layer.magnitudes(), k)
+            return layer.smallest(k)
         values = layer.layout.values.detach()
         negative = torch.nonzero(values < 0).flatten()
         nonneg = torch.nonzero(values >= 0).flatten()

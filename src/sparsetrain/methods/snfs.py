@@ -14,7 +14,7 @@ from ..errors import ConfigError
 from ..layout import MaskedLayout
 from .base import DYNAMIC_DEFAULTS, Layer, Method, Plan
 from .registry import register
-from .select import bottom_k, count_of, top_k
+from .select import count_of, top_k
 
 _ADAM_LIKE = (torch.optim.Adam, torch.optim.AdamW, torch.optim.NAdam, torch.optim.RAdam)
 
@@ -107,5 +107,5 @@ class SNFS(Method):
             scores = m.clone()
             scores[active] = -1.0  # only positions inactive before the update may grow
             grow = top_k(scores, k_grow)
-            plans[layer.index] = Plan(bottom_k(layer.magnitudes(), k_drop), grow[scores[grow] >= 0])
+            plans[layer.index] = Plan(layer.smallest(k_drop), grow[scores[grow] >= 0])
         return plans
