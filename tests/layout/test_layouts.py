@@ -33,6 +33,8 @@ def test_protocol_agrees_between_storages():
     assert torch.equal(comp.coordinates(), masked.coordinates())
     assert torch.equal(comp.values.detach(), masked.values)
     assert torch.equal(comp.to_dense(), masked.to_dense())
+    (crow_c, col_c), (crow_m, col_m) = comp.active_csr(), masked.active_csr()
+    assert torch.equal(crow_c.long(), crow_m) and torch.equal(col_c.long(), col_m)
 
 
 def test_transposed_index_is_consistent():

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..kernels import coordinates_to_linear, gather_or_zero, order_check
+from ..kernels import coordinates_to_linear, gather_or_zero, linear_to_csr, order_check
 
 
 class SlotRemap(ABC):
@@ -75,6 +75,10 @@ class Layout(nn.Module, ABC):
     @abstractmethod
     def linear_indices(self) -> torch.Tensor:
         """Sorted int64 ``row · n_in + col`` of the active entries, in slot order."""
+
+    def active_csr(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row pointers, columns) of the active entries in slot order; storages that keep a CSR return it."""
+        return linear_to_csr(self.linear_indices(), *self.shape)
 
     def coordinates(self) -> torch.Tensor:
         """(nnz, 2) int64 (row, col) of the active entries in slot order."""

@@ -160,6 +160,9 @@ class CompressedLayout(Layout):
     def perm_t(self) -> torch.Tensor:
         return self.transposed()[2]
 
+    def active_csr(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.crow, self.col
+
     def fan_in(self) -> torch.Tensor:
         """Active inputs per output unit (n_out,)."""
         return (self.crow[1:] - self.crow[:-1]).long()

@@ -26,7 +26,6 @@ from torch import nn
 
 from .. import rng
 from ..errors import ConfigError, check_choice, check_int, check_number
-from ..kernels import linear_to_csr
 from ..layout import MaskedLayout
 from ..nn import SparseModule, sparse_layers
 from ..schedule import Constant, Cosine, Schedule, UpdatePredicate, parse_schedule, schedule_spec
@@ -80,16 +79,8 @@ class Layer:
         return self.module.layout.linear_indices()
 
     def active_csr(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(row pointers, columns) of the active entries: the layout's own CSR, or built from the mask."""
-        layout = self.module.layout
-        crow = getattr(layout, "crow", None)
-        if crow is not None:
-            return crow, layout.col
-        return linear_to_csr(self.active(), *self.shape)
-
-    def magnitudes(self) -> torch.Tensor:
-        """|θ| of the active entries in slot order."""
-        return self.module.layout.values.detach().abs()
+        """(row pointers, columns) of the active entries (slot order)."""
+        return self.module.layout.active_csr()
 
     def smallest(self, k: int) -> torch.Tensor:
         """Ascending slots of the k smallest |θ| (ties to the lower slot), without forming |θ|."""

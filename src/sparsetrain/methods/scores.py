@@ -59,18 +59,12 @@ def sampler_weights(parts: list[tuple[torch.Tensor, torch.Tensor]], sampler: str
     return (f if bool(f.sum() > 0) else None), (g if bool(g.sum() > 0) else None)
 
 
-def candidate_csr(lin: torch.Tensor, n_out: int, n_in: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """CSR (row pointers, columns) of sorted linear indices, one pass without int64 division
-    (:func:`sparsetrain.kernels.linear_to_csr`)."""
-    return linear_to_csr(lin, n_out, n_in)
-
-
 def gradient_at(parts: list[tuple[torch.Tensor, torch.Tensor]], lin: torch.Tensor, n_in: int,
                 budget_bytes: int = 256 << 20) -> torch.Tensor:
     """∇θ at sorted linear indices ``lin`` by SDDMM; no dense gradient (see :func:`gradient_at_csr`)."""
     if not parts:
         raise RuntimeError("no backward was observed for this layer; nothing to score")
-    crow, col = candidate_csr(lin, parts[0][1].shape[0], n_in)
+    crow, col = linear_to_csr(lin, parts[0][1].shape[0], n_in)
     return gradient_at_csr(parts, crow, col, budget_bytes)
 
 
