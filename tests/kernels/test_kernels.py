@@ -109,3 +109,37 @@ def test_spmm_transposed_gather_path_when_buffers_exceed_the_cache(monkeypatch):
     gy = dense_fm(129, 17, seed=10)
     out = kernels.spmm_transposed(m.crow, m.col, m.values, gy, 65, (m.ccol, m.row_t, m.perm_t))
     torch.testing.assert_close(out, m.dense().t() @ gy, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("block", ["1", "3", "37"])
+def test_cpp_column_blocked_walk_matches_dense(monkeypatch, block):
+    """Forced column blocks (the row walk of cpu_kernels.cpp's for_row_segments): every case, several batch
+    widths (a partial tile included), more rows than one row tile, and the prefetch path switched on."""
+    cpp_ext = pytest.importorskip("sparsetrain.kernels.cpp_ext")
+    monkeypatch.setenv(backend.ENV_VAR, "cpp")
+    monkeypatch.setattr(cpp_ext, "COLUMN_BLOCK", block)
+    monkeypatch.setattr(cpp_ext, "L3_BYTES", 0)  # prefetch on for every size
+    cases = [*CASES, (700, 500, 60000, 3, 7)]
+    for seed, (case, R) in enumerate((c, r) for c in cases for r in (1, 17, 300)):
+        m = random_csr(*case, seed=seed)
+        x, gy = dense_fm(m.shape[1], R, seed=500 + seed), dense_fm(m.shape[0], R, seed=600 + seed)
+        dense = m.dense()
+        torch.testing.assert_close(kernels.spmm(m.crow, m.col, m.values, x, m.shape[1]), dense @ x,
+                                   rtol=1e-12, atol=1e-12)
+        out_t = kernels.spmm_transposed(m.crow, m.col, m.values, gy, m.shape[1], (m.ccol, m.row_t, m.perm_t))
+        torch.testing.assert_close(out_t, dense.t() @ gy, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(kernels.sddmm(m.crow, m.col, gy, x), sddmm_reference(m, gy, x),
+                                   rtol=1e-12, atol=1e-12)
+
+
+def test_cpp_column_block_policy():
+    """Blocks only when rows are long enough and a block's slice of the gathered operand fits L2."""
+    cpp_ext = pytest.importorskip("sparsetrain.kernels.cpp_ext")
+    n = 16384
+    crow_of = lambda fan: torch.arange(0, (n + 1) * fan, fan, dtype=torch.int64)  # noqa: E731
+    l2 = cpp_ext.L2_BYTES
+    long_rows = cpp_ext.column_block(n, crow_of(4 * cpp_ext.MIN_SEGMENT * 64), 512)
+    if n * 512 > l2:  # blocked, and one block's slice (long_rows rows of 512 bytes) fits L2
+        assert 0 < long_rows < n and long_rows * 512 <= l2
+    assert cpp_ext.column_block(n, crow_of(cpp_ext.MIN_SEGMENT), 512) == 0  # one segment per row at most
+    assert cpp_ext.column_block(64, crow_of(4096), 512) == 0  # the whole operand fits half of L2

@@ -26,9 +26,15 @@ LDFLAGS = ("-fopenmp",)
 # the gathered working set in L2/L3 were 1.5-10x *slower* at every n (indices re-read per tile, more
 # per-entry overhead), so we use the narrowest tile covering the whole batch row, up to 512 bytes.
 TILE_CHOICES = (64, 128, 256, 512)
-# Software prefetch distance (entries ahead) for the gathered rows: 16 halves the time per connection once
-# the dense operand leaves L3 (n >= 65536) and is neutral below. 0 disables.
+# Software prefetch distance (entries ahead) for the gathered rows, used only once the gathered operand is
+# larger than half the last-level cache: there it halves the time per connection (n >= 65536); below, the
+# eight prefetch instructions per entry cost more than they hide (n = 16384: 3.0 vs 3.9 ns per entry).
 PREFETCH = int(os.environ.get("SPARSETRAIN_CPU_PREFETCH", 16))
+# Column blocking of the row walk (cpu_kernels.cpp, for_row_segments): "auto" picks blocks whose slice of the
+# gathered operand fits L2 when rows are long enough to fill the segments; an integer forces the columns per
+# block (0: never block).
+COLUMN_BLOCK = os.environ.get("SPARSETRAIN_CPU_COLUMN_BLOCK", "auto")
+MIN_SEGMENT = 64  # entries per row and block below which the per-segment overhead outweighs the L2 reuse
 
 _lock = threading.Lock()
 _module: ModuleType | None = None
@@ -93,27 +99,56 @@ def tile_bytes(R: int, element_size: int) -> int:
     return next((t for t in TILE_CHOICES if t >= R * element_size), TILE_CHOICES[-1])
 
 
+def _cache_bytes(level: int, default: int) -> int:
+    """Size of cpu0's cache of this level from sysfs (the default when unknown)."""
+    for entry in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            if int((entry / "level").read_text()) == level and (entry / "type").read_text().strip() != "Instruction":
+                text = (entry / "size").read_text().strip()
+                return int(text[:-1]) * 1024 if text.endswith("K") else int(text)
+        except (OSError, ValueError):
+            continue
+    return default
+
+
+L2_BYTES = _cache_bytes(2, 2**20)
+L3_BYTES = _cache_bytes(3, 32 * 2**20)
+
+
+def prefetch_distance(dense_fm: torch.Tensor) -> int:
+    """PREFETCH when the gathered operand exceeds half the last-level cache, else 0."""
+    return PREFETCH if dense_fm.numel() * dense_fm.element_size() > L3_BYTES // 2 else 0
+
+
+def column_block(n_cols: int, crow: torch.Tensor, tile: int) -> int:
+    """Columns per block for the row walk, 0 for none: enough blocks that one block's slice of the gathered
+    operand (n_cols rows of `tile` bytes) takes at most half of L2, as long as each row still has
+    MIN_SEGMENT entries per block and the slice fits L2 whole."""
+    if COLUMN_BLOCK != "auto":
+        return int(COLUMN_BLOCK)
+    footprint = n_cols * tile
+    wanted = -(-footprint // (L2_BYTES // 2))
+    n_rows = crow.numel() - 1
+    fan = int(crow[-1]) // n_rows if n_rows > 0 else 0
+    blocks = min(wanted, fan // MIN_SEGMENT)
+    if blocks < 2 or footprint > blocks * L2_BYTES:
+        return 0
+    return -(-n_cols // blocks)
+
+
 def spmm(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, dense_fm: torch.Tensor,
          n_cols: int) -> torch.Tensor:
     """(n_rows, R) = CSR(n_rows x n_cols) @ dense_fm (n_cols, R)."""
     dense_fm = dense_fm.contiguous()
     tile = tile_bytes(dense_fm.shape[1], dense_fm.element_size())
-    return load().spmm(crow.contiguous(), col.contiguous(), values.contiguous(), dense_fm, tile, PREFETCH)
-
-
-def _l3_bytes() -> int:
-    """Last-level cache size from sysfs (32 MiB when unknown)."""
-    try:
-        text = Path("/sys/devices/system/cpu/cpu0/cache/index3/size").read_text().strip()
-        return int(text[:-1]) * 1024 if text.endswith("K") else int(text)
-    except (OSError, ValueError):
-        return 32 * 2**20
+    return load().spmm(crow.contiguous(), col.contiguous(), values.contiguous(), dense_fm, tile,
+                       prefetch_distance(dense_fm), column_block(dense_fm.shape[0], crow, tile))
 
 
 # The scatter keeps one (n_cols, R) buffer per thread; it wins while they fit in the last-level cache
 # (n = 16384, R = 128: 2x faster at 90 %, 1.7x at 98 %) and loses once they do not (fan-in 64 at
 # n = 65536: 64 vs 54 ns per connection), where random read-modify-writes miss the cache.
-SCATTER_BUFFER_LIMIT = int(os.environ.get("SPARSETRAIN_SCATTER_LIMIT", 3 * _l3_bytes() // 4))
+SCATTER_BUFFER_LIMIT = int(os.environ.get("SPARSETRAIN_SCATTER_LIMIT", 3 * L3_BYTES // 4))
 
 
 def scatter_fits(n_cols: int, dense_fm: torch.Tensor) -> bool:
@@ -126,14 +161,17 @@ def spmm_transposed(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor,
                     n_cols: int) -> torch.Tensor:
     """(n_cols, R) = CSRᵀ @ dense_fm by a scatter from the row-major CSR into per-thread buffers: no gather
     of the values into transposed order and no transposed index (use while :func:`scatter_fits`)."""
-    return load().spmm_t(crow.contiguous(), col.contiguous(), values.contiguous(), dense_fm.contiguous(), n_cols)
+    tile = tile_bytes(dense_fm.shape[1], dense_fm.element_size())
+    return load().spmm_t(crow.contiguous(), col.contiguous(), values.contiguous(), dense_fm.contiguous(), n_cols, tile,
+                         column_block(n_cols, crow, tile))
 
 
 def sddmm(crow: torch.Tensor, col: torch.Tensor, left_fm: torch.Tensor, right_fm: torch.Tensor) -> torch.Tensor:
     """out[j] = <left_fm[row_j], right_fm[col_j]> at CSR coordinates."""
     right_fm = right_fm.contiguous()
     tile = tile_bytes(right_fm.shape[1], right_fm.element_size())
-    return load().sddmm(crow.contiguous(), col.contiguous(), left_fm.contiguous(), right_fm, False, tile, PREFETCH)
+    return load().sddmm(crow.contiguous(), col.contiguous(), left_fm.contiguous(), right_fm, False, tile,
+                        prefetch_distance(right_fm), column_block(right_fm.shape[0], crow, tile))
 
 
 def sddmm_coo(rows: torch.Tensor, cols: torch.Tensor, left_fm: torch.Tensor, right_fm: torch.Tensor) -> torch.Tensor:
@@ -142,7 +180,8 @@ def sddmm_coo(rows: torch.Tensor, cols: torch.Tensor, left_fm: torch.Tensor, rig
     tile = tile_bytes(right_fm.shape[1], right_fm.element_size())
     if cols.dtype != rows.dtype:
         cols = cols.to(rows.dtype)
-    return load().sddmm(rows.contiguous(), cols.contiguous(), left_fm.contiguous(), right_fm, True, tile, PREFETCH)
+    return load().sddmm(rows.contiguous(), cols.contiguous(), left_fm.contiguous(), right_fm, True, tile,
+                        prefetch_distance(right_fm), 0)
 
 
 def transpose_order(col: torch.Tensor, n_cols: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,7 +240,8 @@ def sample_and_score(crow: torch.Tensor, col: torch.Tensor, n_in: int, m: int, s
     rights = [x.contiguous() for x, _ in parts]
     tile = tile_bytes(max(x.shape[1] for x in rights), rights[0].element_size())
     return tuple(load().sample_and_score(crow.contiguous(), col.contiguous(), int(n_in), int(m), int(seed),  # type: ignore[return-value]
-                                         row_weights, col_weights, lefts, rights, bool(absolute), tile, PREFETCH))
+                                         row_weights, col_weights, lefts, rights, bool(absolute), tile,
+                                         max(prefetch_distance(x) for x in rights)))
 
 
 def csr_linear(crow: torch.Tensor, col: torch.Tensor, slots: torch.Tensor, n_cols: int) -> torch.Tensor:

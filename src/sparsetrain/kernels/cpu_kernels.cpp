@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <cstdint>
 #include <vector>
 
@@ -45,6 +46,73 @@ inline void prefetch_tile(const void* base, int64_t bytes) {
   for (int64_t off = 0; off < bytes; off += kCacheLine) __builtin_prefetch(p + off, 0, 1);
 }
 
+// 64-byte SIMD vectors (GCC vector extensions: one AVX-512 register, two AVX2 or four SSE registers).
+template <typename T> struct Simd;
+template <> struct Simd<float> {
+  typedef float V __attribute__((vector_size(64)));
+  typedef float Unaligned __attribute__((vector_size(64), aligned(4), __may_alias__));
+};
+template <> struct Simd<double> {
+  typedef double V __attribute__((vector_size(64)));
+  typedef double Unaligned __attribute__((vector_size(64), aligned(8), __may_alias__));
+};
+
+// A batch tile of W elements held as named SIMD registers. Written with explicit vectors because GCC keeps
+// a plain `T acc[W]` accumulator on the stack (a load and a store around every FMA): measured 2x slower.
+template <typename T, int W>
+struct Tile {
+  using V = typename Simd<T>::V;
+  static constexpr int kLanes = 64 / static_cast<int>(sizeof(T)), kVectors = W / kLanes;
+  static_assert(W % kLanes == 0 && kVectors >= 1, "a tile is a whole number of 64-byte vectors");
+  V v[kVectors];
+
+  static V at(const T* p) { return *reinterpret_cast<const typename Simd<T>::Unaligned*>(p); }
+  static void put(T* p, V x) { *reinterpret_cast<typename Simd<T>::Unaligned*>(p) = x; }
+  void zero() {
+#pragma GCC unroll 8
+    for (int q = 0; q < kVectors; ++q) v[q] = V{};
+  }
+  void load(const T* p) {
+#pragma GCC unroll 8
+    for (int q = 0; q < kVectors; ++q) v[q] = at(p + q * kLanes);
+  }
+  void store(T* p) const {
+#pragma GCC unroll 8
+    for (int q = 0; q < kVectors; ++q) put(p + q * kLanes, v[q]);
+  }
+  void axpy(T a, const T* x) {  // this += a * x
+    const V va = V{} + a;
+#pragma GCC unroll 8
+    for (int q = 0; q < kVectors; ++q) v[q] += va * at(x + q * kLanes);
+  }
+  void axpy_into(T a, T* y) const {  // y += a * this
+    const V va = V{} + a;
+#pragma GCC unroll 8
+    for (int q = 0; q < kVectors; ++q) put(y + q * kLanes, at(y + q * kLanes) + va * v[q]);
+  }
+  T dot(const T* x) const {
+    V s = v[0] * at(x);
+#pragma GCC unroll 8
+    for (int q = 1; q < kVectors; ++q) s += v[q] * at(x + q * kLanes);
+    return sum_lanes(s);
+  }
+  // Pairwise sum of the lanes: halves added as vectors (a scalar loop would be a 16-add dependency chain).
+  static T sum_lanes(V s) {
+    typedef T Half __attribute__((vector_size(32)));
+    typedef T Quarter __attribute__((vector_size(16)));
+    Half lo, hi;
+    std::memcpy(&lo, &s, 32);
+    std::memcpy(&hi, reinterpret_cast<const char*>(&s) + 32, 32);
+    const Half h = lo + hi;
+    Quarter a, b;
+    std::memcpy(&a, &h, 16);
+    std::memcpy(&b, reinterpret_cast<const char*>(&h) + 16, 16);
+    const Quarter q = a + b;
+    if constexpr (kLanes == 16) return (q[0] + q[2]) + (q[1] + q[3]);
+    else return q[0] + q[1];
+  }
+};
+
 // Row boundaries of n_chunks chunks of roughly equal cost crow[i] + i (entries plus per-row overhead).
 template <typename I>
 std::vector<int64_t> balanced_row_chunks(const I* crow, int64_t n_rows, int64_t n_chunks) {
@@ -64,36 +132,68 @@ std::vector<int64_t> balanced_row_chunks(const I* crow, int64_t n_rows, int64_t 
   return bounds;
 }
 
+// Column blocking. A row's entries are sorted by column, so the entries of rows [row_begin, row_end) that
+// fall in a block of `block` columns are one contiguous segment per row. Walking a tile of kTileRows rows
+// block by block keeps the block's slice of the gathered operand (and the tile's rows of the other one) in
+// L2 while it is reused, instead of streaming it from L3 once per entry. Segment starts are per-row cursors
+// advanced block by block (no stored index). seg(i, p_begin, p_end, limit, first) handles row i's entries
+// from p_begin up to p_end or the first column >= limit, and returns where it stopped (testing the column
+// in the compute loop is cheaper than finding the segment end first); first: the row's first block.
+// block <= 0 or >= n_cols: one call per row, the plain CSR walk.
+constexpr int64_t kTileRows = 256;
+constexpr int64_t kNoLimit = std::numeric_limits<int64_t>::max();
+
+template <typename I, typename F>
+void for_row_segments(const I* crow, int64_t row_begin, int64_t row_end, int64_t n_cols, int64_t block, F&& seg) {
+  if (block <= 0 || block >= n_cols) {
+    for (int64_t i = row_begin; i < row_end; ++i) seg(i, static_cast<int64_t>(crow[i]), static_cast<int64_t>(crow[i + 1]), kNoLimit, true);
+    return;
+  }
+  int64_t cursor[kTileRows];
+  for (int64_t tb = row_begin; tb < row_end; tb += kTileRows) {
+    const int64_t te = std::min(tb + kTileRows, row_end);
+    for (int64_t i = tb; i < te; ++i) cursor[i - tb] = crow[i];
+    for (int64_t limit = block; limit - block < n_cols; limit += block) {
+      const bool first = limit == block;
+      const int64_t lim = limit >= n_cols ? kNoLimit : limit;
+      for (int64_t i = tb; i < te; ++i) cursor[i - tb] = seg(i, cursor[i - tb], static_cast<int64_t>(crow[i + 1]), lim, first);
+    }
+  }
+}
+
 // out[i, r0:r0+w] = sum_p val[p] * x[col[p], r0:r0+w] for rows [row_begin, row_end). W is the tile width;
-// w == W takes the fixed-width (fully vectorised, register-resident) path, w < W the tail path.
+// w == W takes the register-resident path, w < W (the batch's last, partial tile) the scalar one.
 template <typename T, typename I, int W>
 void spmm_rows(const I* crow, const I* col, const T* val, const T* x, T* out, int64_t R, int64_t r0, int64_t w,
-               int64_t row_begin, int64_t row_end, int64_t prefetch) {
+               int64_t row_begin, int64_t row_end, int64_t n_cols, int64_t block, int64_t prefetch) {
   const int64_t last = crow[row_end];
-  for (int64_t i = row_begin; i < row_end; ++i) {
-    T acc[W];
-    for (int k = 0; k < W; ++k) acc[k] = T(0);
-    const int64_t end = crow[i + 1];
-    for (int64_t p = crow[i]; p < end; ++p) {
-      if (prefetch > 0 && p + prefetch < last)
-        prefetch_tile<I>(x + static_cast<int64_t>(col[p + prefetch]) * R + r0, w * sizeof(T));
-      const T v = val[p];
-      const T* xr = x + static_cast<int64_t>(col[p]) * R + r0;
-      if (w == W) {
-#pragma omp simd
-        for (int k = 0; k < W; ++k) acc[k] += v * xr[k];
-      } else {
-        for (int64_t k = 0; k < w; ++k) acc[k] += v * xr[k];
+  for_row_segments(crow, row_begin, row_end, n_cols, block,
+                   [&](int64_t i, int64_t p, int64_t end, int64_t limit, bool first) {
+    T* o = out + i * R + r0;
+    if (w == W) {
+      Tile<T, W> acc;
+      if (first) acc.zero(); else acc.load(o);
+      for (; p < end && static_cast<int64_t>(col[p]) < limit; ++p) {
+        if (prefetch > 0 && p + prefetch < last)
+          prefetch_tile<I>(x + static_cast<int64_t>(col[p + prefetch]) * R + r0, W * sizeof(T));
+        acc.axpy(val[p], x + static_cast<int64_t>(col[p]) * R + r0);
+      }
+      acc.store(o);
+    } else {
+      if (first) std::fill(o, o + w, T(0));
+      for (; p < end && static_cast<int64_t>(col[p]) < limit; ++p) {
+        const T v = val[p];
+        const T* xr = x + static_cast<int64_t>(col[p]) * R + r0;
+        for (int64_t k = 0; k < w; ++k) o[k] += v * xr[k];
       }
     }
-    T* o = out + i * R + r0;
-    for (int64_t k = 0; k < w; ++k) o[k] = acc[k];
-  }
+    return p;
+  });
 }
 
 template <typename T, typename I, int W>
 void spmm_impl(const I* crow, const I* col, const T* val, const T* x, T* out, int64_t n_rows, int64_t R,
-               int64_t prefetch) {
+               int64_t n_cols, int64_t block, int64_t prefetch) {
   const int nt = team_size(static_cast<int64_t>(crow[n_rows]) * R);
   const int64_t n_chunks = std::max<int64_t>(1, std::min<int64_t>(n_rows, int64_t(nt) * kChunksPerThread));
   const std::vector<int64_t> bounds = balanced_row_chunks(crow, n_rows, n_chunks);
@@ -102,16 +202,16 @@ void spmm_impl(const I* crow, const I* col, const T* val, const T* x, T* out, in
     const int64_t w = std::min<int64_t>(W, R - r0);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t c = 0; c < n_chunks; ++c)
-      spmm_rows<T, I, W>(crow, col, val, x, out, R, r0, w, bounds[c], bounds[c + 1], prefetch);
+      spmm_rows<T, I, W>(crow, col, val, x, out, R, r0, w, bounds[c], bounds[c + 1], n_cols, block, prefetch);
   }
 }
 
 // Transposed product from the row-major CSR, without a transposed index: out[col_p, :] += v_p * g[row(p), :].
 // Each thread scatters its nnz-balanced row chunks into a private (n_cols, R) buffer (values and g are read
 // in order; the scatter target is activation-sized), then the buffers are summed in parallel over rows.
-template <typename T, typename I>
+template <typename T, typename I, int W>
 void spmm_t_scatter_impl(const I* crow, const I* col, const T* val, const T* g, T* out, int64_t n_rows,
-                         int64_t n_cols, int64_t R) {
+                         int64_t n_cols, int64_t R, int64_t block) {
   const int nt = team_size(static_cast<int64_t>(crow[n_rows]) * R);
   const int64_t n_chunks = std::max<int64_t>(1, std::min<int64_t>(n_rows, int64_t(nt) * kChunksPerThread));
   const std::vector<int64_t> bounds = balanced_row_chunks(crow, n_rows, n_chunks);
@@ -123,14 +223,24 @@ void spmm_t_scatter_impl(const I* crow, const I* col, const T* val, const T* g, 
     std::fill(buf, buf + n_cols * R, T(0));
 #pragma omp for schedule(dynamic, 1)
     for (int64_t c = 0; c < n_chunks; ++c) {
-      for (int64_t i = bounds[c]; i < bounds[c + 1]; ++i) {
-        const T* gi = g + i * R;
-        for (int64_t p = crow[i]; p < static_cast<int64_t>(crow[i + 1]); ++p) {
-          const T v = val[p];
-          T* o = buf + static_cast<int64_t>(col[p]) * R;
-#pragma omp simd
-          for (int64_t k = 0; k < R; ++k) o[k] += v * gi[k];
-        }
+      for (int64_t r0 = 0; r0 < R; r0 += W) {
+        for_row_segments(crow, bounds[c], bounds[c + 1], n_cols, block,
+                         [&](int64_t i, int64_t p, int64_t end, int64_t limit, bool) {
+          const T* gi = g + i * R + r0;
+          if (r0 + W <= R) {
+            Tile<T, W> gt;  // the gradient row stays in registers while it is scattered
+            gt.load(gi);
+            for (; p < end && static_cast<int64_t>(col[p]) < limit; ++p)
+              gt.axpy_into(val[p], buf + static_cast<int64_t>(col[p]) * R + r0);
+          } else {
+            for (; p < end && static_cast<int64_t>(col[p]) < limit; ++p) {
+              const T v = val[p];
+              T* o = buf + static_cast<int64_t>(col[p]) * R + r0;
+              for (int64_t k = 0; k < R - r0; ++k) o[k] += v * gi[k];
+            }
+          }
+          return p;
+        });
       }
     }
 #pragma omp for schedule(static)
@@ -145,65 +255,85 @@ void spmm_t_scatter_impl(const I* crow, const I* col, const T* val, const T* g, 
   }
 }
 
-// out[e] (+)= <left[row_e, r0:r0+w], right[col_e, r0:r0+w]> for entries e in [e_begin, e_end).
-// The row of an entry comes from CSR pointers (walked) or from an explicit COO row array.
-template <typename T, typename I, int W, bool COO>
-void sddmm_entries(const I* crow_or_rows, int64_t n_rows, const I* col, const T* left, const T* right, T* out,
-                   int64_t R, int64_t r0, int64_t w, bool accumulate, int64_t e_begin, int64_t e_end,
-                   int64_t prefetch) {
-  int64_t row = 0;
-  if (!COO) {  // row of e_begin: last i with crow[i] <= e_begin
-    const I* it = std::upper_bound(crow_or_rows, crow_or_rows + n_rows + 1, static_cast<I>(e_begin));
-    row = (it - crow_or_rows) - 1;
-  }
-  for (int64_t e = e_begin; e < e_end; ++e) {
-    if (COO) {
-      row = crow_or_rows[e];
-    } else {
-      while (static_cast<int64_t>(crow_or_rows[row + 1]) <= e) ++row;
+// out[e] (+)= <left[row_e, r0:r0+w], right[col_e, r0:r0+w]>, one row's run of entries at a time (the left
+// row's tile stays in registers for the run). CSR form: row chunks, walked by column block like SpMM.
+// COO form (explicit rows, any order): entries [e_begin, e_end), runs of equal rows.
+template <typename T, typename I, int W>
+int64_t sddmm_run(const T* a, const I* col, const T* right, T* out, int64_t R, int64_t w, bool accumulate,
+                  int64_t e, int64_t e_end, int64_t limit, int64_t prefetch_end, int64_t prefetch) {
+  if (w == W) {
+    Tile<T, W> row_tile;
+    row_tile.load(a);
+    for (; e < e_end && static_cast<int64_t>(col[e]) < limit; ++e) {
+      if (prefetch > 0 && e + prefetch < prefetch_end)
+        prefetch_tile<I>(right + static_cast<int64_t>(col[e + prefetch]) * R, W * sizeof(T));
+      const T s = row_tile.dot(right + static_cast<int64_t>(col[e]) * R);
+      out[e] = accumulate ? out[e] + s : s;
     }
-    if (prefetch > 0 && e + prefetch < e_end)
-      prefetch_tile<I>(right + static_cast<int64_t>(col[e + prefetch]) * R + r0, w * sizeof(T));
-    const T* a = left + row * R + r0;
-    const T* b = right + static_cast<int64_t>(col[e]) * R + r0;
-    T s = T(0);
-    if (w == W) {
-#pragma omp simd reduction(+ : s)
-      for (int k = 0; k < W; ++k) s += a[k] * b[k];
-    } else {
+  } else {
+    for (; e < e_end && static_cast<int64_t>(col[e]) < limit; ++e) {
+      const T* b = right + static_cast<int64_t>(col[e]) * R;
+      T s = T(0);
       for (int64_t k = 0; k < w; ++k) s += a[k] * b[k];
+      out[e] = accumulate ? out[e] + s : s;
     }
-    out[e] = accumulate ? out[e] + s : s;
+  }
+  return e;
+}
+
+template <typename T, typename I, int W>
+void sddmm_csr_impl(const I* crow, int64_t n_rows, const I* col, const T* left, const T* right, T* out,
+                    int64_t R, int64_t n_cols, int64_t block, int64_t prefetch) {
+  const int nt = team_size(static_cast<int64_t>(crow[n_rows]) * R);
+  const int64_t n_chunks = std::max<int64_t>(1, std::min<int64_t>(n_rows, int64_t(nt) * kChunksPerThread));
+  const std::vector<int64_t> bounds = balanced_row_chunks(crow, n_rows, n_chunks);
+#pragma omp parallel num_threads(nt)
+  for (int64_t r0 = 0; r0 < R; r0 += W) {
+    const int64_t w = std::min<int64_t>(W, R - r0);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t c = 0; c < n_chunks; ++c) {
+      const int64_t last = crow[bounds[c + 1]];
+      for_row_segments(crow, bounds[c], bounds[c + 1], n_cols, block,
+                       [&](int64_t i, int64_t p, int64_t end, int64_t limit, bool) {
+        return sddmm_run<T, I, W>(left + i * R + r0, col, right + r0, out, R, w, r0 > 0, p, end, limit, last, prefetch);
+      });
+    }
   }
 }
 
-template <typename T, typename I, int W, bool COO>
-void sddmm_impl(const I* crow_or_rows, int64_t n_rows, const I* col, const T* left, const T* right, T* out,
-                int64_t nnz, int64_t R, int64_t prefetch) {
+template <typename T, typename I, int W>
+void sddmm_coo_impl(const I* rows, const I* col, const T* left, const T* right, T* out, int64_t nnz, int64_t R,
+                    int64_t prefetch) {
   const int nt = team_size(nnz * R);
   const int64_t n_chunks = std::max<int64_t>(1, std::min<int64_t>(nnz / 64 + 1, int64_t(nt) * kChunksPerThread));
 #pragma omp parallel num_threads(nt)
   for (int64_t r0 = 0; r0 < R; r0 += W) {
     const int64_t w = std::min<int64_t>(W, R - r0);
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t c = 0; c < n_chunks; ++c)
-      sddmm_entries<T, I, W, COO>(crow_or_rows, n_rows, col, left, right, out, R, r0, w, r0 > 0,
-                                  nnz * c / n_chunks, nnz * (c + 1) / n_chunks, prefetch);
+    for (int64_t c = 0; c < n_chunks; ++c) {
+      const int64_t e_end = nnz * (c + 1) / n_chunks;
+      for (int64_t e = nnz * c / n_chunks; e < e_end;) {
+        const int64_t row = rows[e];
+        int64_t run_end = e + 1;
+        while (run_end < e_end && static_cast<int64_t>(rows[run_end]) == row) ++run_end;
+        sddmm_run<T, I, W>(left + row * R + r0, col, right + r0, out, R, w, r0 > 0, e, run_end, kNoLimit, e_end,
+                           prefetch);
+        e = run_end;
+      }
+    }
   }
 }
 
-// Calls f.template operator()<W>() with W = tile_bytes / sizeof(T) from a fixed set of instantiations.
+// Calls f(integral_constant<W>) with W = tile_bytes / sizeof(T) elements, for a tile of 64-512 bytes.
 template <typename T, typename F>
 void with_tile(int64_t tile_bytes, F&& f) {
-  const int64_t w = tile_bytes / static_cast<int64_t>(sizeof(T));
-  switch (w) {
-    case 8: f(std::integral_constant<int, 8>{}); break;
-    case 16: f(std::integral_constant<int, 16>{}); break;
-    case 32: f(std::integral_constant<int, 32>{}); break;
-    case 64: f(std::integral_constant<int, 64>{}); break;
-    case 128: f(std::integral_constant<int, 128>{}); break;
-    default: TORCH_CHECK(false, "sparsetrain cpu kernels: tile of ", tile_bytes, " bytes gives ", w,
-                         " elements; allowed are 8, 16, 32, 64 or 128 elements");
+  constexpr int E = static_cast<int>(sizeof(T));
+  switch (tile_bytes) {
+    case 64: f(std::integral_constant<int, 64 / E>{}); break;
+    case 128: f(std::integral_constant<int, 128 / E>{}); break;
+    case 256: f(std::integral_constant<int, 256 / E>{}); break;
+    case 512: f(std::integral_constant<int, 512 / E>{}); break;
+    default: TORCH_CHECK(false, "sparsetrain cpu kernels: tile_bytes must be 64, 128, 256 or 512, got ", tile_bytes);
   }
 }
 
@@ -232,7 +362,7 @@ void dispatch_index(const torch::Tensor& col, F&& f) {
 }  // namespace
 
 torch::Tensor spmm(torch::Tensor crow, torch::Tensor col, torch::Tensor values, torch::Tensor x_fm,
-                   int64_t tile_bytes, int64_t prefetch) {
+                   int64_t tile_bytes, int64_t prefetch, int64_t col_block) {
   check_common(crow, col, "crow");
   check_dense(x_fm, "dense_fm");
   TORCH_CHECK(values.dim() == 1 && values.is_contiguous() && values.scalar_type() == x_fm.scalar_type(),
@@ -249,14 +379,16 @@ torch::Tensor spmm(torch::Tensor crow, torch::Tensor col, torch::Tensor values, 
       using I = decltype(index_tag);
       with_tile<T>(tile_bytes, [&](auto wc) {
         spmm_impl<T, I, decltype(wc)::value>(crow.data_ptr<I>(), col.data_ptr<I>(), values.data_ptr<T>(),
-                                             x_fm.data_ptr<T>(), out.data_ptr<T>(), n_rows, R, prefetch);
+                                             x_fm.data_ptr<T>(), out.data_ptr<T>(), n_rows, R, x_fm.size(0),
+                                             col_block, prefetch);
       });
     });
   });
   return out;
 }
 
-torch::Tensor spmm_t(torch::Tensor crow, torch::Tensor col, torch::Tensor values, torch::Tensor g_fm, int64_t n_cols) {
+torch::Tensor spmm_t(torch::Tensor crow, torch::Tensor col, torch::Tensor values, torch::Tensor g_fm, int64_t n_cols,
+                     int64_t tile_bytes, int64_t col_block) {
   check_common(crow, col, "crow");
   check_dense(g_fm, "dense_fm");
   TORCH_CHECK(values.dim() == 1 && values.is_contiguous() && values.scalar_type() == g_fm.scalar_type() &&
@@ -264,21 +396,24 @@ torch::Tensor spmm_t(torch::Tensor crow, torch::Tensor col, torch::Tensor values
               "values must be 1-D contiguous, with col's length and the dtype of dense_fm");
   const int64_t n_rows = crow.numel() - 1, R = g_fm.size(1);
   TORCH_CHECK(g_fm.size(0) == n_rows, "dense_fm must have len(crow) - 1 rows");
-  auto out = torch::zeros({n_cols, R}, g_fm.options());
-  if (n_rows == 0 || R == 0 || col.numel() == 0) return out;
+  auto out = torch::empty({n_cols, R}, g_fm.options());  // zeroed by the kernel (thread 0's buffer)
+  if (n_rows == 0 || R == 0 || col.numel() == 0) return out.zero_();
   AT_DISPATCH_FLOATING_TYPES(g_fm.scalar_type(), "sparsetrain_spmm_t", [&] {
     using T = scalar_t;
     dispatch_index(col, [&](auto index_tag) {
       using I = decltype(index_tag);
-      spmm_t_scatter_impl<T, I>(crow.data_ptr<I>(), col.data_ptr<I>(), values.data_ptr<T>(), g_fm.data_ptr<T>(),
-                                out.data_ptr<T>(), n_rows, n_cols, R);
+      with_tile<T>(tile_bytes, [&](auto wc) {
+        spmm_t_scatter_impl<T, I, decltype(wc)::value>(crow.data_ptr<I>(), col.data_ptr<I>(), values.data_ptr<T>(),
+                                                       g_fm.data_ptr<T>(), out.data_ptr<T>(), n_rows, n_cols, R,
+                                                       col_block);
+      });
     });
   });
   return out;
 }
 
 torch::Tensor sddmm(torch::Tensor crow_or_rows, torch::Tensor col, torch::Tensor left_fm, torch::Tensor right_fm,
-                    bool coo, int64_t tile_bytes, int64_t prefetch) {
+                    bool coo, int64_t tile_bytes, int64_t prefetch, int64_t col_block) {
   check_common(crow_or_rows, col, coo ? "rows" : "crow");
   check_dense(left_fm, "left_fm");
   check_dense(right_fm, "right_fm");
@@ -298,11 +433,11 @@ torch::Tensor sddmm(torch::Tensor crow_or_rows, torch::Tensor col, torch::Tensor
         constexpr int W = decltype(wc)::value;
         const I* idx = crow_or_rows.data_ptr<I>();
         if (coo)
-          sddmm_impl<T, I, W, true>(idx, n_rows, col.data_ptr<I>(), left_fm.data_ptr<T>(), right_fm.data_ptr<T>(),
-                                    out.data_ptr<T>(), nnz, R, prefetch);
+          sddmm_coo_impl<T, I, W>(idx, col.data_ptr<I>(), left_fm.data_ptr<T>(), right_fm.data_ptr<T>(),
+                                  out.data_ptr<T>(), nnz, R, prefetch);
         else
-          sddmm_impl<T, I, W, false>(idx, n_rows, col.data_ptr<I>(), left_fm.data_ptr<T>(), right_fm.data_ptr<T>(),
-                                     out.data_ptr<T>(), nnz, R, prefetch);
+          sddmm_csr_impl<T, I, W>(idx, n_rows, col.data_ptr<I>(), left_fm.data_ptr<T>(), right_fm.data_ptr<T>(),
+                                  out.data_ptr<T>(), R, right_fm.size(0), col_block, prefetch);
       });
     });
   });
@@ -1083,21 +1218,8 @@ void score_rows(const int64_t* crow, const int32_t* col, int64_t r_begin, int64_
       for (int64_t r0 = 0; r0 < R; r0 += W) {
         const int64_t w = std::min<int64_t>(W, R - r0);
         const bool first = p == 0 && r0 == 0;
-        const T* a = lefts[p] + r * R + r0;
-        const T* right = rights[p] + r0;
-        for (int64_t e = e0; e < e1; ++e) {
-          if (prefetch > 0 && e + prefetch < e1)
-            prefetch_tile<int32_t>(right + int64_t(col[e + prefetch]) * R, w * sizeof(T));
-          const T* b = right + int64_t(col[e]) * R;
-          T s = T(0);
-          if (w == W) {
-#pragma omp simd reduction(+ : s)
-            for (int k = 0; k < W; ++k) s += a[k] * b[k];
-          } else {
-            for (int64_t k = 0; k < w; ++k) s += a[k] * b[k];
-          }
-          score[e] = first ? s : score[e] + s;
-        }
+        sddmm_run<T, int32_t, W>(lefts[p] + r * R + r0, col, rights[p] + r0, score, R, w, !first, e0, e1, kNoLimit,
+                                 e1, prefetch);
       }
     }
     if (absolute)
