@@ -198,7 +198,7 @@ def crossover(points: list[tuple[float, float]]) -> float | None:
 def run_layer(args: argparse.Namespace) -> dict:
     widths = [256] if args.quick else [1024, 4096, 16384]
     sparsities = [0.9] if args.quick else [0.90, 0.98, 0.995]
-    scan = [0.5, 0.9] if args.quick else [0.5, 0.6, 0.7, 0.8, 0.9]
+    scan = [0.5, 0.9] if args.quick else [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
     scan_n = 256 if args.quick else 4096
     backends = sparse_backends()
     rows: list[dict] = []

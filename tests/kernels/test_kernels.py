@@ -101,14 +101,16 @@ def test_bad_arguments_name_the_field():
         kernels.spmm(m.crow, m.col, m.values.float(), torch.zeros(13, 3, dtype=torch.float64), 13)
 
 
-def test_spmm_transposed_gather_path_when_buffers_exceed_the_cache(monkeypatch):
+def test_cpp_spmm_permuted_reads_values_through_perm(monkeypatch):
+    """The input-gradient kernel: SpMM on the transposed CSR with values read in place through perm_t."""
     cpp_ext = pytest.importorskip("sparsetrain.kernels.cpp_ext")
-    monkeypatch.setenv(backend.ENV_VAR, "cpp")
-    monkeypatch.setattr(cpp_ext, "SCATTER_BUFFER_LIMIT", 0)
-    m = random_csr(129, 65, 900, 128, 0, seed=9)
-    gy = dense_fm(129, 17, seed=10)
-    out = kernels.spmm_transposed(m.crow, m.col, m.values, gy, 65, (m.ccol, m.row_t, m.perm_t))
-    torch.testing.assert_close(out, m.dense().t() @ gy, rtol=1e-12, atol=1e-12)
+    for seed, (case, R) in enumerate((c, r) for c in CASES for r in BATCH_SIZES):
+        m = random_csr(*case, seed=seed)
+        gy = dense_fm(m.shape[0], R, seed=700 + seed)
+        out = cpp_ext.spmm_permuted(m.ccol, m.row_t, m.values, m.perm_t, gy)
+        torch.testing.assert_close(out, m.dense().t() @ gy, rtol=1e-12, atol=1e-12)
+    with pytest.raises(RuntimeError, match="perm must be 1-D contiguous, with col's length"):
+        cpp_ext.spmm_permuted(m.ccol, m.row_t, m.values, m.perm_t[:-1], gy)
 
 
 @pytest.mark.parametrize("block", ["1", "3", "37"])
@@ -143,3 +145,21 @@ def test_cpp_column_block_policy():
         assert 0 < long_rows < n and long_rows * 512 <= l2
     assert cpp_ext.column_block(n, crow_of(cpp_ext.MIN_SEGMENT), 512) == 0  # one segment per row at most
     assert cpp_ext.column_block(64, crow_of(4096), 512) == 0  # the whole operand fits half of L2
+
+
+def test_feature_major_copies_once_or_not_at_all(backend_name):
+    x = dense_fm(37, 300, seed=30, dtype=torch.float32)  # (R=37, n=300) batch-major
+    fm = kernels.feature_major(x)
+    assert fm.is_contiguous() and torch.equal(fm, x.t())
+    assert kernels.feature_major(fm.t()).data_ptr() == fm.data_ptr()  # a transposed view: no copy
+    with pytest.raises(ValueError, match="feature_major needs a 2-D tensor"):
+        kernels.feature_major(x.reshape(-1))
+
+
+def test_leaf_input_gets_a_batch_major_gradient(backend_name):
+    """A batch-major leaf input gets a contiguous gradient (autograd would otherwise copy it once more)."""
+    m = random_csr(9, 11, 30, 4, 2, seed=31)
+    x = dense_fm(5, 11, seed=32).requires_grad_(True)
+    kernels.sparse_linear(x, m.values, m.crow, m.col, (m.ccol, m.row_t, m.perm_t), 11).sum().backward()
+    assert x.grad.is_contiguous()
+    torch.testing.assert_close(x.grad, torch.ones(5, 9, dtype=torch.float64) @ m.dense(), rtol=1e-12, atol=1e-12)

@@ -16,7 +16,7 @@ from .backend import (
     active_backends,
     implementation,
 )
-from . import cpp_ext
+from . import cpp_ext, torch_ops
 from .linear import Transposed, sparse_linear
 from .topology import (
     coordinates_to_linear,
@@ -34,7 +34,7 @@ from .topology import (
 )
 from .torch_ops import rows_to_crow
 
-__all__ = ["spmm", "spmm_transposed", "sddmm", "sddmm_coo", "sparse_linear", "active_backends", "rows_to_crow", "transpose_order",
+__all__ = ["spmm", "spmm_transposed", "sddmm", "sddmm_coo", "feature_major", "sparse_linear", "active_backends", "rows_to_crow", "transpose_order",
            "KernelUnavailableError", "KernelFallbackWarning",
            # topology operations (topology.py)
            "linear_index", "linear_to_csr", "sorted_uniform_draws", "unique_difference", "select_k", "merge_entries",
@@ -71,9 +71,9 @@ def spmm_transposed(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor,
     """Feature-major Wᵀ @ dense_fm: (n_cols, R) for W the CSR (crow, col, values) and dense_fm (n_rows, R).
 
     ``transposed`` = (ccol, row_t, perm_t) is W's transposed CSR (perm_t: the value slot of each entry), or
-    a zero-argument callable that returns it, called only if this backend needs it. Our CPU kernels
-    scatter from the row CSR directly (while their buffers fit in cache); other backends gather the values
-    into transposed order and run the SpMM on the transposed CSR.
+    a zero-argument callable that returns it (a layout builds it once per topology). Our CPU kernel runs
+    the SpMM on the transposed CSR reading each value as ``values[perm_t[j]]``; other backends first gather
+    the values into transposed order.
     """
     _check_index("crow", crow)
     _check_index("col", col)
@@ -83,12 +83,12 @@ def spmm_transposed(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor,
     if values.dtype != dense_fm.dtype:
         raise ValueError(f"values dtype {values.dtype} must equal dense_fm dtype {dense_fm.dtype}")
     impl = implementation(dense_fm.device, dense_fm.dtype)
-    if impl is cpp_ext and cpp_ext.scatter_fits(n_cols, dense_fm):
-        return cpp_ext.spmm_transposed(crow, col, values, dense_fm, n_cols)
     ccol, row_t, perm_t = transposed() if callable(transposed) else transposed
     if row_t.shape != values.shape or perm_t.shape != values.shape or ccol.numel() != n_cols + 1:
         raise ValueError(f"transposed CSR must have len(ccol) = n_cols + 1 = {n_cols + 1} and row_t, perm_t "
                          f"of the length of values ({values.numel()})")
+    if impl is cpp_ext:
+        return cpp_ext.spmm_permuted(ccol, row_t, values, perm_t, dense_fm)
     return impl.spmm(ccol, row_t, values.index_select(0, perm_t), dense_fm, dense_fm.shape[0])
 
 
@@ -117,6 +117,18 @@ def _check_pair(left_fm: torch.Tensor, right_fm: torch.Tensor) -> None:
     if right_fm.ndim != 2 or right_fm.shape[1] != left_fm.shape[1] or right_fm.dtype != left_fm.dtype:
         raise ValueError(f"right_fm must be (n_cols, R={left_fm.shape[1]}) of dtype {left_fm.dtype}, got "
                          f"shape {tuple(right_fm.shape)} dtype {right_fm.dtype}")
+
+
+def feature_major(t: torch.Tensor) -> torch.Tensor:
+    """The contiguous transpose of a 2-D tensor: free when ``t`` already is a transposed contiguous view
+    (e.g. the output of a sparse layer), otherwise one copy (our blocked kernel on CPU)."""
+    if t.ndim != 2:
+        raise ValueError(f"feature_major needs a 2-D tensor, got shape {tuple(t.shape)}")
+    if t.t().is_contiguous():
+        return t.t()
+    impl = implementation(t.device, t.dtype)
+    # a dense copy: backends without their own (Triton) use torch's, which is the same operation
+    return getattr(impl, "transposed_contiguous", torch_ops.transposed_contiguous)(t)
 
 
 def transpose_order(col: torch.Tensor, n_cols: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -141,29 +141,22 @@ def spmm(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, dense_fm: 
     """(n_rows, R) = CSR(n_rows x n_cols) @ dense_fm (n_cols, R)."""
     dense_fm = dense_fm.contiguous()
     tile = tile_bytes(dense_fm.shape[1], dense_fm.element_size())
-    return load().spmm(crow.contiguous(), col.contiguous(), values.contiguous(), dense_fm, tile,
+    return load().spmm(crow.contiguous(), col.contiguous(), values.contiguous(), dense_fm, None, tile,
                        prefetch_distance(dense_fm), column_block(dense_fm.shape[0], crow, tile))
 
 
-# The scatter keeps one (n_cols, R) buffer per thread; it wins while they fit in the last-level cache
-# (n = 16384, R = 128: 2x faster at 90 %, 1.7x at 98 %) and loses once they do not (fan-in 64 at
-# n = 65536: 64 vs 54 ns per connection), where random read-modify-writes miss the cache.
-SCATTER_BUFFER_LIMIT = int(os.environ.get("SPARSETRAIN_SCATTER_LIMIT", 3 * L3_BYTES // 4))
-
-
-def scatter_fits(n_cols: int, dense_fm: torch.Tensor) -> bool:
-    """Whether the per-thread (n_cols, R) buffers of :func:`spmm_transposed` fit the cache budget."""
-    buffers = torch.get_num_threads() * n_cols * dense_fm.shape[1] * dense_fm.element_size()
-    return buffers <= SCATTER_BUFFER_LIMIT
-
-
-def spmm_transposed(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, dense_fm: torch.Tensor,
-                    n_cols: int) -> torch.Tensor:
-    """(n_cols, R) = CSRᵀ @ dense_fm by a scatter from the row-major CSR into per-thread buffers: no gather
-    of the values into transposed order and no transposed index (use while :func:`scatter_fits`)."""
+def spmm_permuted(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, perm: torch.Tensor,
+                  dense_fm: torch.Tensor) -> torch.Tensor:
+    """:func:`spmm` with entry p's value read as ``values[perm[p]]`` (no gathered copy of the values)."""
+    dense_fm = dense_fm.contiguous()
     tile = tile_bytes(dense_fm.shape[1], dense_fm.element_size())
-    return load().spmm_t(crow.contiguous(), col.contiguous(), values.contiguous(), dense_fm.contiguous(), n_cols, tile,
-                         column_block(n_cols, crow, tile))
+    return load().spmm(crow.contiguous(), col.contiguous(), values.contiguous(), dense_fm, perm.contiguous(), tile,
+                       prefetch_distance(dense_fm), column_block(dense_fm.shape[0], crow, tile))
+
+
+def transposed_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """t.t().contiguous() for a contiguous 2-D tensor, by cache-blocked parallel tiles (1.5-3x torch's copy)."""
+    return load().transpose(t.contiguous())
 
 
 def sddmm(crow: torch.Tensor, col: torch.Tensor, left_fm: torch.Tensor, right_fm: torch.Tensor) -> torch.Tensor:

@@ -141,6 +141,7 @@ std::vector<int64_t> balanced_row_chunks(const I* crow, int64_t n_rows, int64_t 
 // in the compute loop is cheaper than finding the segment end first); first: the row's first block.
 // block <= 0 or >= n_cols: one call per row, the plain CSR walk.
 constexpr int64_t kTileRows = 256;
+constexpr int64_t kValuePrefetch = 32;  // entries ahead for values read through a permutation
 constexpr int64_t kNoLimit = std::numeric_limits<int64_t>::max();
 
 template <typename I, typename F>
@@ -161,12 +162,19 @@ void for_row_segments(const I* crow, int64_t row_begin, int64_t row_end, int64_t
   }
 }
 
-// out[i, r0:r0+w] = sum_p val[p] * x[col[p], r0:r0+w] for rows [row_begin, row_end). W is the tile width;
-// w == W takes the register-resident path, w < W (the batch's last, partial tile) the scalar one.
+// out[i, r0:r0+w] = sum_p v(p) * x[col[p], r0:r0+w] for rows [row_begin, row_end), with v(p) = val[p], or
+// val[perm[p]] when perm is given (the transposed CSR reading the row-major values in place, the value
+// slots prefetched ahead). W is the tile width; w == W takes the register-resident path, w < W (the
+// batch's last, partial tile) the scalar one.
 template <typename T, typename I, int W>
-void spmm_rows(const I* crow, const I* col, const T* val, const T* x, T* out, int64_t R, int64_t r0, int64_t w,
-               int64_t row_begin, int64_t row_end, int64_t n_cols, int64_t block, int64_t prefetch) {
+void spmm_rows(const I* crow, const I* col, const T* val, const I* perm, const T* x, T* out, int64_t R, int64_t r0,
+               int64_t w, int64_t row_begin, int64_t row_end, int64_t n_cols, int64_t block, int64_t prefetch) {
   const int64_t last = crow[row_end];
+  auto value = [&](int64_t p) {
+    if (perm == nullptr) return val[p];
+    if (p + kValuePrefetch < last) __builtin_prefetch(val + perm[p + kValuePrefetch], 0, 1);
+    return val[perm[p]];
+  };
   for_row_segments(crow, row_begin, row_end, n_cols, block,
                    [&](int64_t i, int64_t p, int64_t end, int64_t limit, bool first) {
     T* o = out + i * R + r0;
@@ -176,13 +184,13 @@ void spmm_rows(const I* crow, const I* col, const T* val, const T* x, T* out, in
       for (; p < end && static_cast<int64_t>(col[p]) < limit; ++p) {
         if (prefetch > 0 && p + prefetch < last)
           prefetch_tile<I>(x + static_cast<int64_t>(col[p + prefetch]) * R + r0, W * sizeof(T));
-        acc.axpy(val[p], x + static_cast<int64_t>(col[p]) * R + r0);
+        acc.axpy(value(p), x + static_cast<int64_t>(col[p]) * R + r0);
       }
       acc.store(o);
     } else {
       if (first) std::fill(o, o + w, T(0));
       for (; p < end && static_cast<int64_t>(col[p]) < limit; ++p) {
-        const T v = val[p];
+        const T v = value(p);
         const T* xr = x + static_cast<int64_t>(col[p]) * R + r0;
         for (int64_t k = 0; k < w; ++k) o[k] += v * xr[k];
       }
@@ -192,8 +200,8 @@ void spmm_rows(const I* crow, const I* col, const T* val, const T* x, T* out, in
 }
 
 template <typename T, typename I, int W>
-void spmm_impl(const I* crow, const I* col, const T* val, const T* x, T* out, int64_t n_rows, int64_t R,
-               int64_t n_cols, int64_t block, int64_t prefetch) {
+void spmm_impl(const I* crow, const I* col, const T* val, const I* perm, const T* x, T* out, int64_t n_rows,
+               int64_t R, int64_t n_cols, int64_t block, int64_t prefetch) {
   const int nt = team_size(static_cast<int64_t>(crow[n_rows]) * R);
   const int64_t n_chunks = std::max<int64_t>(1, std::min<int64_t>(n_rows, int64_t(nt) * kChunksPerThread));
   const std::vector<int64_t> bounds = balanced_row_chunks(crow, n_rows, n_chunks);
@@ -202,56 +210,7 @@ void spmm_impl(const I* crow, const I* col, const T* val, const T* x, T* out, in
     const int64_t w = std::min<int64_t>(W, R - r0);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t c = 0; c < n_chunks; ++c)
-      spmm_rows<T, I, W>(crow, col, val, x, out, R, r0, w, bounds[c], bounds[c + 1], n_cols, block, prefetch);
-  }
-}
-
-// Transposed product from the row-major CSR, without a transposed index: out[col_p, :] += v_p * g[row(p), :].
-// Each thread scatters its nnz-balanced row chunks into a private (n_cols, R) buffer (values and g are read
-// in order; the scatter target is activation-sized), then the buffers are summed in parallel over rows.
-template <typename T, typename I, int W>
-void spmm_t_scatter_impl(const I* crow, const I* col, const T* val, const T* g, T* out, int64_t n_rows,
-                         int64_t n_cols, int64_t R, int64_t block) {
-  const int nt = team_size(static_cast<int64_t>(crow[n_rows]) * R);
-  const int64_t n_chunks = std::max<int64_t>(1, std::min<int64_t>(n_rows, int64_t(nt) * kChunksPerThread));
-  const std::vector<int64_t> bounds = balanced_row_chunks(crow, n_rows, n_chunks);
-  std::vector<T> extra(static_cast<size_t>(std::max(0, nt - 1)) * n_cols * R);
-#pragma omp parallel num_threads(nt)
-  {
-    const int tid = omp_get_thread_num();
-    T* buf = tid == 0 ? out : extra.data() + static_cast<size_t>(tid - 1) * n_cols * R;
-    std::fill(buf, buf + n_cols * R, T(0));
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t c = 0; c < n_chunks; ++c) {
-      for (int64_t r0 = 0; r0 < R; r0 += W) {
-        for_row_segments(crow, bounds[c], bounds[c + 1], n_cols, block,
-                         [&](int64_t i, int64_t p, int64_t end, int64_t limit, bool) {
-          const T* gi = g + i * R + r0;
-          if (r0 + W <= R) {
-            Tile<T, W> gt;  // the gradient row stays in registers while it is scattered
-            gt.load(gi);
-            for (; p < end && static_cast<int64_t>(col[p]) < limit; ++p)
-              gt.axpy_into(val[p], buf + static_cast<int64_t>(col[p]) * R + r0);
-          } else {
-            for (; p < end && static_cast<int64_t>(col[p]) < limit; ++p) {
-              const T v = val[p];
-              T* o = buf + static_cast<int64_t>(col[p]) * R + r0;
-              for (int64_t k = 0; k < R - r0; ++k) o[k] += v * gi[k];
-            }
-          }
-          return p;
-        });
-      }
-    }
-#pragma omp for schedule(static)
-    for (int64_t j = 0; j < n_cols; ++j) {
-      T* o = out + j * R;
-      for (int t = 1; t < nt; ++t) {
-        const T* b = extra.data() + static_cast<size_t>(t - 1) * n_cols * R + j * R;
-#pragma omp simd
-        for (int64_t k = 0; k < R; ++k) o[k] += b[k];
-      }
-    }
+      spmm_rows<T, I, W>(crow, col, val, perm, x, out, R, r0, w, bounds[c], bounds[c + 1], n_cols, block, prefetch);
   }
 }
 
@@ -324,6 +283,25 @@ void sddmm_coo_impl(const I* rows, const I* col, const T* left, const T* right, 
   }
 }
 
+// dst (cols, rows) = src (rows, cols) transposed, both contiguous: square tiles small enough that a tile's
+// source and destination lines stay in L1, tiles split over threads.
+template <typename T>
+void transpose_impl(const T* src, T* dst, int64_t rows, int64_t cols) {
+  constexpr int64_t kSide = 32;
+  const int64_t tiles_r = (rows + kSide - 1) / kSide, tiles_c = (cols + kSide - 1) / kSide;
+  const int64_t n_tiles = tiles_r * tiles_c;
+  const int nt = team_size(rows * cols);
+  const int64_t n_chunks = std::min<int64_t>(n_tiles, int64_t(nt) * kChunksPerThread);
+  parallel_chunks(nt, n_chunks, [&](int64_t c) {
+    for (int64_t t = n_tiles * c / n_chunks; t < n_tiles * (c + 1) / n_chunks; ++t) {
+      const int64_t i0 = (t / tiles_c) * kSide, j0 = (t % tiles_c) * kSide;
+      const int64_t i1 = std::min(i0 + kSide, rows), j1 = std::min(j0 + kSide, cols);
+      for (int64_t j = j0; j < j1; ++j)
+        for (int64_t i = i0; i < i1; ++i) dst[j * rows + i] = src[i * cols + j];
+    }
+  });
+}
+
 // Calls f(integral_constant<W>) with W = tile_bytes / sizeof(T) elements, for a tile of 64-512 bytes.
 template <typename T, typename F>
 void with_tile(int64_t tile_bytes, F&& f) {
@@ -362,12 +340,18 @@ void dispatch_index(const torch::Tensor& col, F&& f) {
 }  // namespace
 
 torch::Tensor spmm(torch::Tensor crow, torch::Tensor col, torch::Tensor values, torch::Tensor x_fm,
-                   int64_t tile_bytes, int64_t prefetch, int64_t col_block) {
+                   c10::optional<torch::Tensor> perm, int64_t tile_bytes, int64_t prefetch, int64_t col_block) {
   check_common(crow, col, "crow");
   check_dense(x_fm, "dense_fm");
   TORCH_CHECK(values.dim() == 1 && values.is_contiguous() && values.scalar_type() == x_fm.scalar_type(),
               "values must be 1-D contiguous with the dtype of dense_fm");
-  TORCH_CHECK(values.numel() == col.numel(), "values and col must have the same length");
+  if (perm.has_value()) {
+    TORCH_CHECK(perm->dim() == 1 && perm->is_contiguous() && perm->scalar_type() == col.scalar_type() &&
+                    perm->numel() == col.numel(), "perm must be 1-D contiguous, with col's length and dtype");
+    TORCH_CHECK(values.numel() == col.numel(), "values and perm must have the same length");
+  } else {
+    TORCH_CHECK(values.numel() == col.numel(), "values and col must have the same length");
+  }
   const int64_t n_rows = crow.numel() - 1, R = x_fm.size(1);
   TORCH_CHECK(n_rows >= 0, "crow must have at least one element");
   auto out = torch::empty({n_rows, R}, x_fm.options());
@@ -377,8 +361,9 @@ torch::Tensor spmm(torch::Tensor crow, torch::Tensor col, torch::Tensor values, 
     using T = scalar_t;
     dispatch_index(col, [&](auto index_tag) {
       using I = decltype(index_tag);
+      const I* pm = perm.has_value() ? perm->data_ptr<I>() : nullptr;
       with_tile<T>(tile_bytes, [&](auto wc) {
-        spmm_impl<T, I, decltype(wc)::value>(crow.data_ptr<I>(), col.data_ptr<I>(), values.data_ptr<T>(),
+        spmm_impl<T, I, decltype(wc)::value>(crow.data_ptr<I>(), col.data_ptr<I>(), values.data_ptr<T>(), pm,
                                              x_fm.data_ptr<T>(), out.data_ptr<T>(), n_rows, R, x_fm.size(0),
                                              col_block, prefetch);
       });
@@ -387,27 +372,13 @@ torch::Tensor spmm(torch::Tensor crow, torch::Tensor col, torch::Tensor values, 
   return out;
 }
 
-torch::Tensor spmm_t(torch::Tensor crow, torch::Tensor col, torch::Tensor values, torch::Tensor g_fm, int64_t n_cols,
-                     int64_t tile_bytes, int64_t col_block) {
-  check_common(crow, col, "crow");
-  check_dense(g_fm, "dense_fm");
-  TORCH_CHECK(values.dim() == 1 && values.is_contiguous() && values.scalar_type() == g_fm.scalar_type() &&
-                  values.numel() == col.numel(),
-              "values must be 1-D contiguous, with col's length and the dtype of dense_fm");
-  const int64_t n_rows = crow.numel() - 1, R = g_fm.size(1);
-  TORCH_CHECK(g_fm.size(0) == n_rows, "dense_fm must have len(crow) - 1 rows");
-  auto out = torch::empty({n_cols, R}, g_fm.options());  // zeroed by the kernel (thread 0's buffer)
-  if (n_rows == 0 || R == 0 || col.numel() == 0) return out.zero_();
-  AT_DISPATCH_FLOATING_TYPES(g_fm.scalar_type(), "sparsetrain_spmm_t", [&] {
-    using T = scalar_t;
-    dispatch_index(col, [&](auto index_tag) {
-      using I = decltype(index_tag);
-      with_tile<T>(tile_bytes, [&](auto wc) {
-        spmm_t_scatter_impl<T, I, decltype(wc)::value>(crow.data_ptr<I>(), col.data_ptr<I>(), values.data_ptr<T>(),
-                                                       g_fm.data_ptr<T>(), out.data_ptr<T>(), n_rows, n_cols, R,
-                                                       col_block);
-      });
-    });
+torch::Tensor transpose(torch::Tensor src) {
+  check_dense(src, "src");
+  const int64_t rows = src.size(0), cols = src.size(1);
+  auto out = torch::empty({cols, rows}, src.options());
+  if (rows == 0 || cols == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "sparsetrain_transpose", [&] {
+    transpose_impl<scalar_t>(src.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), rows, cols);
   });
   return out;
 }
@@ -1389,9 +1360,9 @@ torch::Tensor csr_linear(torch::Tensor crow, torch::Tensor col, torch::Tensor sl
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("spmm", &spmm, "feature-major CSR SpMM: (n_rows, R) = CSR @ (n_cols, R)");
-  m.def("spmm_t", &spmm_t, "feature-major transposed SpMM from the row CSR: (n_cols, R) = CSR^T @ (n_rows, R)");
+  m.def("spmm", &spmm, "feature-major CSR SpMM: (n_rows, R) = CSR @ (n_cols, R), values optionally read through perm");
   m.def("sddmm", &sddmm, "SDDMM at CSR (coo=false) or COO (coo=true) coordinates");
+  m.def("transpose", &transpose, "contiguous transpose of a contiguous 2-D tensor (cache-blocked, parallel)");
   m.def("transpose_order", &transpose_order, "stable counting sort of column indices: (perm, ccol)");
   // topology operations
   m.def("linear_index", &linear_index, "int64 row * n_cols + col");

@@ -13,25 +13,29 @@ Transposed = Union[TransposedCSR, Callable[[], TransposedCSR]]
 class _SparseLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, values, crow, col, transposed, n_in, observer):  # type: ignore[override]
-        from . import spmm  # late import: the dispatcher imports this module
+        from . import feature_major, spmm  # late import: the dispatcher imports this module
 
-        x_fm = x.t().contiguous()  # free when x is itself a transposed feature-major view
+        x_fm = feature_major(x)  # free when x is itself a transposed feature-major view
         ctx.save_for_backward(x_fm, values)
         ctx.index = (crow, col, transposed)
         ctx.n_in = n_in
         ctx.observer = observer
+        # A leaf input's gradient is stored in the input's own layout (autograd copies it otherwise):
+        # give a batch-major leaf a batch-major gradient; anything else gets the free feature-major view.
+        ctx.batch_major_grad = x.is_leaf and x.is_contiguous() and not x.t().is_contiguous()
         return spmm(crow, col, values, x_fm, n_in).t()
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        from . import sddmm, spmm_transposed
+        from . import feature_major, sddmm, spmm_transposed
 
         x_fm, values = ctx.saved_tensors
         crow, col, transposed = ctx.index
-        gy_fm = grad_out.t().contiguous()
+        gy_fm = feature_major(grad_out)
         grad_x = grad_values = None
         if ctx.needs_input_grad[0]:
-            grad_x = spmm_transposed(crow, col, values, gy_fm, ctx.n_in, transposed).t()
+            grad_x_fm = spmm_transposed(crow, col, values, gy_fm, ctx.n_in, transposed)
+            grad_x = feature_major(grad_x_fm) if ctx.batch_major_grad else grad_x_fm.t()
         if ctx.needs_input_grad[1]:
             grad_values = sddmm(crow, col, gy_fm, x_fm)
         if ctx.observer is not None:
@@ -44,8 +48,8 @@ def sparse_linear(x: torch.Tensor, values: torch.Tensor, crow: torch.Tensor, col
     """x: (R, n_in) -> (R, n_out), W given by the CSR (crow, col, values).
 
     ``transposed`` is W's transposed CSR (ccol, row_t, perm_t) — ``perm_t[j]`` the value slot of its j-th
-    entry — or a zero-argument callable returning it, so a layout can build it only if the backend needs
-    it. ``observer(x_fm, gy_fm)``, if given, is called in backward with the feature-major input (n_in, R)
+    entry — or a zero-argument callable returning it, so a layout builds it only when an input gradient is
+    needed. ``observer(x_fm, gy_fm)``, if given, is called in backward with the feature-major input (n_in, R)
     and output gradient (n_out, R): the hook dynamic-sparse methods use to score growth candidates
     without an extra pass.
     """

@@ -53,6 +53,10 @@ def sddmm_coo(rows: torch.Tensor, cols: torch.Tensor, left_fm: torch.Tensor, rig
     return sddmm(rows_to_crow(rows, left_fm.shape[0]), cols.to(rows.dtype), left_fm, right_fm)
 
 
+def transposed_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t.t().contiguous()
+
+
 def transpose_order(col: torch.Tensor, n_cols: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(perm, ccol): entry slots in column-major order (stable) and the column pointers."""
     perm = torch.sort(col, stable=True).indices
