@@ -195,16 +195,23 @@ def test_merge_entries_matches_reference(name, dtype, nnz, nd, nn):
     else:
         drop = torch.sort(torch.randperm(nnz, generator=_gen(2))[:nd]).values
     row, col = (old // n_cols).to(dtype), (old % n_cols).to(dtype)
-    out_row, out_col, source, collisions = kernels.merge_entries(row, col, drop, new, n_cols)
+    payloads = [torch.randn(nnz, generator=_gen(3)), torch.randn(nnz, generator=_gen(4), dtype=torch.float64),
+                torch.randn(nnz, generator=_gen(5)).to(torch.bfloat16), torch.rand(nnz, generator=_gen(6)) < 0.5]
+    out_row, out_col, source, collisions, carried = kernels.merge_entries(row, col, drop, new, n_cols, payloads)
     assert collisions == 0 and out_row.dtype == out_col.dtype == source.dtype == dtype
     ref_lin, ref_src = _merge_reference(old.tolist(), drop.tolist(), new.tolist())
     assert (out_row.long() * n_cols + out_col.long()).tolist() == ref_lin
     assert source.tolist() == ref_src
+    src = torch.tensor(ref_src, dtype=torch.int64)
+    for payload, out in zip(payloads, carried, strict=True):  # carried in the merge: payload[source], 0 if new
+        expected = torch.zeros(src.numel(), dtype=payload.dtype)
+        expected[src >= 0] = payload[src[src >= 0]]
+        assert out.dtype == payload.dtype and torch.equal(out, expected)
 
 
 def test_merge_entries_counts_collisions(name):
     row, col = torch.tensor([0, 0, 1], dtype=torch.int32), torch.tensor([1, 3, 2], dtype=torch.int32)
-    *_, collisions = kernels.merge_entries(row, col, torch.tensor([0]), torch.tensor([1, 3, 6]), 4)
+    collisions = kernels.merge_entries(row, col, torch.tensor([0]), torch.tensor([1, 3, 6]), 4)[3]
     assert collisions == 2  # slot 0 (lin 1) is dropped, so only lin 3 and 6 collide
 
 
@@ -215,6 +222,8 @@ def test_cpp_merge_entries_rejects_unsorted_drop_or_new(monkeypatch):
         kernels.merge_entries(row, col, torch.tensor([1, 0]), torch.empty(0, dtype=torch.int64), 4)
     with pytest.raises(ValueError, match="new_lin must be strictly increasing"):
         kernels.merge_entries(row, col, torch.empty(0, dtype=torch.int64), torch.tensor([3, 3]), 4)
+    with pytest.raises(ValueError, match=r"payloads must be 1-D with one element per entry \(2\)"):
+        kernels.merge_entries(row, col, torch.tensor([0]), torch.tensor([3]), 4, [torch.zeros(3)])
 
 
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int64])

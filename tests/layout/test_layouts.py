@@ -87,6 +87,24 @@ def test_replace_semantics_and_state_remap(kind):
 
 
 @pytest.mark.parametrize("kind", ["compressed", "masked"])
+def test_replace_carries_state_like_apply(kind):
+    """``carry`` brings optimizer state across in the merge itself; the result equals ``apply``."""
+    a, b = (_layouts()[kind == "masked"] for _ in range(2))
+    inactive = torch.nonzero(a.to_dense().reshape(-1) == 0).flatten()[:4]
+    g = torch.Generator().manual_seed(3)
+    state = [torch.randn(a.parameter.shape, generator=g), torch.rand(a.parameter.shape, generator=g).double()]
+    carried = a.replace(torch.tensor([2, 3, 17]), inactive, carry=[t.clone() for t in state]).carried
+    remap = b.replace(torch.tensor([2, 3, 17]), inactive)
+    assert len(carried) == 2
+    for got, original in zip(carried, state, strict=True):
+        assert got.dtype == original.dtype and torch.equal(got, remap.apply(original.clone()))
+    assert torch.equal(a.to_dense(), b.to_dense())
+    if kind == "compressed":
+        with pytest.raises(ValueError, match="carry tensors must have the shape of the values"):
+            a.replace(torch.tensor([0]), torch.empty(0, dtype=torch.int64), carry=[torch.zeros(3)])
+
+
+@pytest.mark.parametrize("kind", ["compressed", "masked"])
 def test_replace_rejects_bad_input(kind):
     comp, masked = _layouts()
     layout = comp if kind == "compressed" else masked
@@ -159,3 +177,4 @@ def test_transposed_index_is_built_only_when_an_input_gradient_is_needed(monkeyp
     inactive = torch.nonzero(layer.layout.to_dense().reshape(-1) == 0).flatten()[:1]
     layer.layout.replace(torch.tensor([0]), torch.stack((inactive // 30, inactive % 30), 1))
     assert layer.layout._transposed is None  # dropped on a topology change, rebuilt on demand
+

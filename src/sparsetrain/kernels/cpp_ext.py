@@ -203,10 +203,10 @@ def select_k(scores: torch.Tensor, k: int, largest: bool, absolute: bool = False
     return load().select_k(scores.contiguous(), int(k), bool(largest), bool(absolute))
 
 
-def merge_entries(row: torch.Tensor, col: torch.Tensor, drop: torch.Tensor, new_lin: torch.Tensor,
-                  n_cols: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+def merge_entries(row: torch.Tensor, col: torch.Tensor, drop: torch.Tensor, new_lin: torch.Tensor, n_cols: int,
+                  payloads: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, list[torch.Tensor]]:
     return tuple(load().merge_entries(row.contiguous(), col.contiguous(), drop.contiguous(),  # type: ignore[return-value]
-                                      new_lin.contiguous(), int(n_cols)))
+                                      new_lin.contiguous(), int(n_cols), payloads))
 
 
 def transpose_csr(row: torch.Tensor, col: torch.Tensor, n_cols: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

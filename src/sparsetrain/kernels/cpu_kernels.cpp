@@ -909,12 +909,97 @@ torch::Tensor select_k(torch::Tensor scores, int64_t k, bool largest, bool absol
   return out;
 }
 
-// Kept entries (all slots but the sorted `drop`) merged with the sorted new linear indices, row-major.
-// Returns the new (row, col), the old slot of each new slot (-1: a new entry) and the number of new
-// entries equal to a kept one (the caller must reject the result when it is not 0). Parallel over chunks
-// of old slots; each chunk finds its new entries and drops by binary search, so its output offset is known.
-std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, int64_t> merge_entries(
-    torch::Tensor row, torch::Tensor col, torch::Tensor drop, torch::Tensor new_lin, int64_t n_cols) {
+// Kept entries (row, col minus the sorted slots `drop`) merged with the sorted new linear indices, and every
+// payload (a slot-ordered tensor: the values, optimizer state) carried to the new slot order with 0 at new
+// entries. Chunks of old slots run in parallel (their new entries and output offset found by binary
+// search). Inside a chunk, branch-free passes (a taken/not-taken choice per entry would mispredict about
+// every fifth time): (1) flag the chunk's drops, then compact the kept entries (slot, row, col, linear
+// index) into thread scratch, and split the chunk's new linear indices into row and column; (2) merge by a
+// compare and conditional moves, writing row, col and source slot; (3) per payload, gather from the source
+// slots while they are in cache. 20 + 2 x 7 ms (merge, then a gather per state) -> 16 ms at n = 16384, 98 %.
+struct Payload {
+  const char* src;
+  char* dst;
+  int64_t size;  // bytes per element: 1, 2, 4 or 8
+};
+
+template <typename E, typename I>
+__attribute__((optimize("no-tree-vectorize")))  // scalar: the vectorised masked gather was 3x slower (Zen 4)
+void carry_payload(const Payload& p, const I* source, int64_t w0, int64_t w1) {
+  const E* from = reinterpret_cast<const E*>(p.src);
+  E* to = reinterpret_cast<E*>(p.dst);
+  for (int64_t w = w0; w < w1; ++w) {  // arithmetic masks: GCC turned the selects into a mispredicted branch
+    const int64_t slot = source[w];
+    const int64_t negative = slot >> 63;  // all ones for a new entry (-1)
+    to[w] = from[slot & ~negative] & static_cast<E>(~negative);
+  }
+}
+
+// Scratch of one thread, kept across chunks (growing only): allocating it per chunk cost more than the merge.
+struct MergeScratch {
+  std::vector<int64_t> klin, nlin, kslot, krow, kcol, nrow, ncol;
+  std::vector<uint8_t> flags;
+};
+
+template <typename I>
+int64_t merge_chunk(const I* r, const I* c, int64_t n_cols, const Divider& div, const int64_t* d, int64_t nd,
+                    const int64_t* nl, int64_t s0, int64_t s1, int64_t j0, int64_t j1, int64_t w0, I* orow, I* ocol,
+                    I* src, const std::vector<Payload>& payloads, MergeScratch& scratch) {
+  const int64_t n_old = s1 - s0, n_new = j1 - j0;
+  for (auto* v : {&scratch.klin, &scratch.kslot, &scratch.krow, &scratch.kcol})
+    if (static_cast<int64_t>(v->size()) < n_old + 1) v->resize(n_old + 1);
+  for (auto* v : {&scratch.nlin, &scratch.nrow, &scratch.ncol})
+    if (static_cast<int64_t>(v->size()) < n_new + 1) v->resize(n_new + 1);
+  if (static_cast<int64_t>(scratch.flags.size()) < n_old + 1) scratch.flags.resize(n_old + 1);
+  uint8_t* flags = scratch.flags.data();
+  int64_t *klin = scratch.klin.data(), *kslot = scratch.kslot.data(), *krow = scratch.krow.data(),
+          *kcol = scratch.kcol.data(), *nlin = scratch.nlin.data(), *nrow = scratch.nrow.data(),
+          *ncol = scratch.ncol.data();
+  // drop flags first (independent stores), so the compaction below has no load in its dependency chain
+  std::fill(flags, flags + n_old, uint8_t(0));
+  for (int64_t k = std::lower_bound(d, d + nd, s0) - d; k < nd && d[k] < s1; ++k) flags[d[k] - s0] = 1;
+  int64_t nk = 0;
+  for (int64_t i = s0; i < s1; ++i) {  // pass 1: kept entries
+    const int64_t ri = r[i], ci = c[i];
+    kslot[nk] = i;
+    krow[nk] = ri;
+    kcol[nk] = ci;
+    klin[nk] = ri * n_cols + ci;
+    nk += 1 - flags[i - s0];
+  }
+  constexpr int64_t kEnd = std::numeric_limits<int64_t>::max();
+  klin[nk] = kEnd;
+  for (int64_t j = 0; j < n_new; ++j) {
+    nlin[j] = nl[j0 + j];
+    div.divmod(nlin[j], nrow[j], ncol[j]);
+  }
+  nlin[n_new] = kEnd;
+  int64_t collisions = 0, i = 0, j = 0;
+  const int64_t w_end = w0 + nk + n_new;
+  for (int64_t w = w0; w < w_end; ++w) {  // pass 2: merge (GCC makes these selects conditional moves)
+    const int64_t a = klin[i], b = nlin[j];
+    const bool old = a <= b;
+    collisions += a == b;
+    orow[w] = static_cast<I>(old ? krow[i] : nrow[j]);
+    ocol[w] = static_cast<I>(old ? kcol[i] : ncol[j]);
+    src[w] = static_cast<I>(old ? kslot[i] : -1);
+    i += old;
+    j += !old;
+  }
+  for (const Payload& p : payloads) {  // pass 3: payloads
+    switch (p.size) {
+      case 8: carry_payload<uint64_t>(p, src, w0, w_end); break;
+      case 4: carry_payload<uint32_t>(p, src, w0, w_end); break;
+      case 2: carry_payload<uint16_t>(p, src, w0, w_end); break;
+      default: carry_payload<uint8_t>(p, src, w0, w_end); break;
+    }
+  }
+  return collisions;
+}
+
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, int64_t, std::vector<torch::Tensor>> merge_entries(
+    torch::Tensor row, torch::Tensor col, torch::Tensor drop, torch::Tensor new_lin, int64_t n_cols,
+    std::vector<torch::Tensor> payloads) {
   check_common(row, col, "row");
   TORCH_CHECK(row.numel() == col.numel(), "row and col must have the same length");
   for (const auto* t : {&drop, &new_lin})
@@ -922,6 +1007,11 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, int64_t> merge_entries(
                 "drop and new_lin must be contiguous 1-D int64 CPU tensors");
   TORCH_CHECK_VALUE(n_cols >= 1, "n_cols must be >= 1, got ", n_cols);
   const int64_t nnz = row.numel(), nd = drop.numel(), nn = new_lin.numel();
+  for (const auto& t : payloads)
+    TORCH_CHECK_VALUE(t.device().is_cpu() && t.dim() == 1 && t.is_contiguous() && t.numel() == nnz &&
+                          (t.element_size() == 1 || t.element_size() == 2 || t.element_size() == 4 ||
+                           t.element_size() == 8),
+                      "payloads must be contiguous 1-D CPU tensors with one element per entry (", nnz, ")");
   const int64_t* d = drop.data_ptr<int64_t>();
   const int64_t* nl = new_lin.data_ptr<int64_t>();
   bool bad_drop = false, bad_new = false;
@@ -935,42 +1025,40 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, int64_t> merge_entries(
   auto out_row = torch::empty({n_out}, row.options());
   auto out_col = torch::empty({n_out}, row.options());
   auto source = torch::empty({n_out}, row.options());
+  std::vector<torch::Tensor> carried;
+  std::vector<Payload> views;
+  for (const auto& t : payloads) {
+    if (nnz == 0) {  // nothing to carry: every entry is new
+      carried.push_back(torch::zeros({n_out}, t.options()));
+      continue;
+    }
+    carried.push_back(torch::empty({n_out}, t.options()));
+    views.push_back({static_cast<const char*>(t.data_ptr()), static_cast<char*>(carried.back().data_ptr()),
+                     static_cast<int64_t>(t.element_size())});
+  }
   int64_t collisions = 0;
   dispatch_index(row, [&](auto tag) {
     using I = decltype(tag);
     const I* r = row.data_ptr<I>();
     const I* c = col.data_ptr<I>();
-    I* orow = out_row.data_ptr<I>();
-    I* ocol = out_col.data_ptr<I>();
-    I* src = source.data_ptr<I>();
     auto lin_at = [&](int64_t i) { return static_cast<int64_t>(r[i]) * n_cols + static_cast<int64_t>(c[i]); };
     const Divider div(n_cols);
     const int nt = team_for(nnz + nn);
     const int64_t n_chunks = std::min<int64_t>(chunk_count(nt, nnz, 1 << 14), std::max<int64_t>(1, nnz));
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(+ : collisions)
-    for (int64_t ch = 0; ch < n_chunks; ++ch) {
+    std::vector<int64_t> per_chunk(n_chunks, 0);
+    std::vector<MergeScratch> scratch(nt);
+    parallel_chunks(nt, n_chunks, [&](int64_t ch) {
       const int64_t s0 = nnz * ch / n_chunks, s1 = nnz * (ch + 1) / n_chunks;
       const int64_t j0 = ch == 0 ? 0 : std::lower_bound(nl, nl + nn, lin_at(s0)) - nl;
       const int64_t j1 = ch == n_chunks - 1 ? nn : std::lower_bound(nl, nl + nn, lin_at(s1)) - nl;
-      int64_t di = std::lower_bound(d, d + nd, s0) - d;
-      int64_t w = s0 - di + j0, i = s0, j = j0;
-      while (true) {
-        while (i < s1 && di < nd && d[di] == i) { ++i; ++di; }
-        const bool has_old = i < s1, has_new = j < j1;
-        if (!has_old && !has_new) break;
-        const int64_t old_lin = has_old ? lin_at(i) : 0;
-        if (has_old && (!has_new || old_lin <= nl[j])) {
-          if (has_new && old_lin == nl[j]) ++collisions;
-          orow[w] = r[i]; ocol[w] = c[i]; src[w] = static_cast<I>(i); ++w; ++i;
-        } else {
-          int64_t q, rem;
-          div.divmod(nl[j], q, rem);
-          orow[w] = static_cast<I>(q); ocol[w] = static_cast<I>(rem); src[w] = I(-1); ++w; ++j;
-        }
-      }
-    }
+      const int64_t w0 = s0 - (std::lower_bound(d, d + nd, s0) - d) + j0;
+      per_chunk[ch] = merge_chunk<I>(r, c, n_cols, div, d, nd, nl, s0, s1, j0, j1, w0, out_row.data_ptr<I>(),
+                                     out_col.data_ptr<I>(), source.data_ptr<I>(), views,
+                                     scratch[omp_get_thread_num()]);
+    });
+    for (int64_t v : per_chunk) collisions += v;
   });
-  return {out_row, out_col, source, collisions};
+  return {out_row, out_col, source, collisions, carried};
 }
 
 // Transposed CSR of row-major (row, col) entries: (perm, ccol, row_t) in one counting sort.
@@ -1370,7 +1458,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sorted_uniform_draws", &sorted_uniform_draws, "m sorted uniform draws from [0, total), seeded");
   m.def("unique_difference", &unique_difference, "sorted unique values of a that are not in sorted b");
   m.def("select_k", &select_k, "ascending positions of the k largest/smallest scores, ties to the lower position");
-  m.def("merge_entries", &merge_entries, "kept entries merged with sorted new ones: (row, col, source, collisions)");
+  m.def("merge_entries", &merge_entries, "kept entries merged with sorted new ones, payloads carried: (row, col, source, collisions, carried)");
   m.def("transpose_csr", &transpose_csr, "transposed CSR by counting sort: (perm, ccol, row_t)");
   m.def("gather_or_zero", &gather_or_zero, "src[index], 0 where index < 0");
   m.def("coordinates_to_linear", &coordinates_to_linear, "(lin, all in range, strictly increasing)");

@@ -8,6 +8,8 @@ cpu_kernels.cpp ("topology operations") do the same in one or two O(n) passes. T
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from . import backend, torch_ops
@@ -175,22 +177,30 @@ def select_k(scores: torch.Tensor, k: int, largest: bool = True, absolute: bool 
     return torch.sort(order).values
 
 
-def merge_entries(row: torch.Tensor, col: torch.Tensor, drop: torch.Tensor, new_lin: torch.Tensor,
-                  n_cols: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+def merge_entries(row: torch.Tensor, col: torch.Tensor, drop: torch.Tensor, new_lin: torch.Tensor, n_cols: int,
+                  payloads: Sequence[torch.Tensor] = ()
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, list[torch.Tensor]]:
     """Row-major entries (``row``, ``col``) minus the slots ``drop``, merged with the new linear indices.
 
     ``drop`` (int64 slots) and ``new_lin`` must be strictly increasing. Returns ``(row, col, source,
-    collisions)``: the merged coordinates (dtype of ``row``), the old slot each new slot comes from
-    (-1 for a new entry) and how many new entries equal a kept one (the result is invalid unless 0).
+    collisions, carried)``: the merged coordinates (dtype of ``row``), the old slot each new slot comes from
+    (-1 for a new entry), how many new entries equal a kept one (the result is invalid unless 0), and each
+    of ``payloads`` (1-D, one element per old entry: values, optimizer state) in the new slot order with 0
+    at new entries — carried in the merge itself, which saves one pass per payload.
     """
     _check_index("row", row)
     _check_index("col", col)
     _check_lin("drop", drop)
     _check_lin("new_lin", new_lin)
+    for t in payloads:
+        if t.ndim != 1 or t.numel() != row.numel():
+            raise ValueError(f"payloads must be 1-D with one element per entry ({row.numel()}), "
+                             f"got shape {tuple(t.shape)}")
     cpp = _cpp(row.device)
     if cpp is not None:
-        out_row, out_col, source, collisions = cpp.merge_entries(row, col, drop, new_lin, n_cols)
-        return out_row, out_col, source, int(collisions)
+        out_row, out_col, source, collisions, carried = cpp.merge_entries(
+            row, col, drop, new_lin, n_cols, [t.contiguous() for t in payloads])
+        return out_row, out_col, source, int(collisions), list(carried)
     keep = torch.ones(row.numel(), dtype=torch.bool, device=row.device)
     keep[drop] = False
     kept_src = torch.nonzero(keep).flatten()
@@ -208,7 +218,12 @@ def merge_entries(row: torch.Tensor, col: torch.Tensor, drop: torch.Tensor, new_
     merged[new_pos] = new_lin
     source = torch.full((n_kept + k,), -1, dtype=row.dtype, device=row.device)
     source[kept_pos] = kept_src.to(row.dtype)
-    return (merged // n_cols).to(row.dtype), (merged % n_cols).to(row.dtype), source, collisions
+    carried = []
+    for t in payloads:
+        out = t.new_zeros(n_kept + k)
+        out[kept_pos] = t[kept_src]
+        carried.append(out)
+    return (merged // n_cols).to(row.dtype), (merged % n_cols).to(row.dtype), source, collisions, carried
 
 
 def transpose_csr(row: torch.Tensor, col: torch.Tensor, n_cols: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

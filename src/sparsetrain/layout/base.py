@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -11,7 +12,13 @@ from ..kernels import coordinates_to_linear, gather_or_zero, linear_to_csr, orde
 
 
 class SlotRemap(ABC):
-    """What ``Layout.replace`` changed, in the form an optimizer-state reset needs."""
+    """What ``Layout.replace`` changed, in the form an optimizer-state reset needs.
+
+    ``carried`` holds the tensors passed to ``replace(..., carry=...)``, already carried across (what
+    ``apply`` would return for each, computed in the same pass as the topology change).
+    """
+
+    carried: tuple[torch.Tensor, ...] = ()
 
     @abstractmethod
     def apply(self, state: torch.Tensor) -> torch.Tensor:
@@ -28,6 +35,7 @@ class GatherRemap(SlotRemap):
     """Compressed storage: new slot i takes old slot ``source[i]``; ``source[i] == -1`` marks a grown slot."""
 
     source: torch.Tensor
+    carried: tuple[torch.Tensor, ...] = ()
 
     def apply(self, state: torch.Tensor) -> torch.Tensor:
         return gather_or_zero(state, self.source)  # one pass; kept slots read in ascending order
@@ -43,6 +51,7 @@ class ZeroRemap(SlotRemap):
 
     changed: torch.Tensor
     grown: torch.Tensor
+    carried: tuple[torch.Tensor, ...] = ()
 
     def apply(self, state: torch.Tensor) -> torch.Tensor:
         state.view(-1)[self.changed] = 0
@@ -86,11 +95,14 @@ class Layout(nn.Module, ABC):
         return torch.stack((lin // self.shape[1], lin % self.shape[1]), dim=1)
 
     @abstractmethod
-    def replace(self, drop_slots: torch.Tensor, new_coordinates: torch.Tensor) -> SlotRemap:
+    def replace(self, drop_slots: torch.Tensor, new_coordinates: torch.Tensor,
+                carry: Sequence[torch.Tensor] = ()) -> SlotRemap:
         """Deactivate ``drop_slots`` and activate ``new_coordinates`` with value exactly 0.
 
         ``new_coordinates``: (k, 2) (row, col) pairs, or 1-D int64 linear positions ``row · n_in + col``
-        (what the methods produce; strictly increasing ones skip a sort).
+        (what the methods produce; strictly increasing ones skip a sort). ``carry``: parameter-shaped
+        tensors (optimizer state) to bring across in the same pass; the result's ``carried`` holds them
+        in order, each equal to ``apply(tensor)``.
         """
 
     @abstractmethod

@@ -7,6 +7,8 @@ each entry in column-major order) and ``perm_t`` (its value slot). Nothing here 
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -103,21 +105,27 @@ class CompressedLayout(Layout):
     def coordinates(self) -> torch.Tensor:
         return torch.stack((self.row.long(), self.col.long()), dim=1)
 
-    def replace(self, drop_slots: torch.Tensor, new_coordinates: torch.Tensor) -> GatherRemap:
-        """One merge of the kept (row, col) entries with the sorted new ones (O(nnz), in the index dtype),
-        then the values and the derived indices follow; nothing is changed when the input is rejected."""
+    def replace(self, drop_slots: torch.Tensor, new_coordinates: torch.Tensor,
+                carry: Sequence[torch.Tensor] = ()) -> GatherRemap:
+        """One merge of the kept (row, col) entries with the sorted new ones (O(nnz), in the index dtype)
+        that also carries the values and ``carry``; nothing is changed when the input is rejected."""
         drop = validate_drop_slots(drop_slots.to(self.row.device), self.nnz)
         new_lin = validate_new_coordinates(new_coordinates.to(self.row.device), self.shape)
         row, col = self.row, self.col
         idx = index_dtype_for(self.shape, self.nnz - drop.numel() + new_lin.numel())
         if idx != row.dtype:  # the merged entry count no longer fits int32
             row, col = row.to(idx), col.to(idx)
-        row, col, source, collisions = merge_entries(row, col, drop, new_lin, self.shape[1])
+        for t in carry:
+            if t.shape != self.values.shape:
+                raise ValueError(f"carry tensors must have the shape of the values {tuple(self.values.shape)}, "
+                                 f"got {tuple(t.shape)}")
+        row, col, source, collisions, carried = merge_entries(row, col, drop, new_lin, self.shape[1],
+                                                              [self.values.data, *carry])
         if collisions:
             raise ValueError(f"new_coordinates includes positions that stay active ({collisions} of them)")
-        remap = GatherRemap(source)
+        remap = GatherRemap(source, carried=tuple(carried[1:]))
         with torch.no_grad():
-            _swap_data(self.values, remap.apply(self.values.data))
+            _swap_data(self.values, carried[0])
         self.values.grad = None
         self.row, self.col = row, col
         self._rebuild()

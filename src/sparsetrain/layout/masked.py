@@ -6,6 +6,8 @@ view. Inactive entries of the parameter are kept at exactly 0.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import math
 
 import torch
@@ -60,7 +62,8 @@ class MaskedLayout(Layout):
         self.weight.mul_(self.mask)
 
     @torch.no_grad()
-    def replace(self, drop_slots: torch.Tensor, new_coordinates: torch.Tensor) -> ZeroRemap:
+    def replace(self, drop_slots: torch.Tensor, new_coordinates: torch.Tensor,
+                carry: Sequence[torch.Tensor] = ()) -> ZeroRemap:
         active = self.linear_indices()
         drop = active[validate_drop_slots(drop_slots, active.numel())]
         new = validate_new_coordinates(new_coordinates.to(self.mask.device), self.shape)
@@ -75,7 +78,9 @@ class MaskedLayout(Layout):
         if self.weight.grad is not None:
             self.weight.grad.view(-1)[changed] = 0
         grown_slots = torch.searchsorted(self.linear_indices(), new)
-        return ZeroRemap(changed=changed, grown=grown_slots)
+        remap = ZeroRemap(changed=changed, grown=grown_slots)
+        remap.carried = tuple(remap.apply(t) for t in carry)
+        return remap
 
     def to_dense(self) -> torch.Tensor:
         return self.effective_weight().detach().reshape(self.shape)

@@ -287,13 +287,11 @@ class Method:
     def _apply(self, layer: Layer, plan: Plan) -> None:
         """Replace the slots, then carry every parameter-shaped optimizer-state tensor across (D8, D9)."""
         param = layer.layout.parameter
-        old_shape = param.shape
-        remap = layer.layout.replace(plan.drop_slots, plan.grow_lin)
-        state = self.optimizer.state.get(param)
-        if state:
-            for key, value in list(state.items()):
-                if torch.is_tensor(value) and value.shape == old_shape:
-                    state[key] = remap.apply(value)
+        state = self.optimizer.state.get(param) or {}
+        keys = [key for key, value in state.items() if torch.is_tensor(value) and value.shape == param.shape]
+        remap = layer.layout.replace(plan.drop_slots, plan.grow_lin, carry=[state[key] for key in keys])
+        for key, value in zip(keys, remap.carried, strict=True):  # carried in the same merge as the values
+            state[key] = value
 
     def _reapply_masks(self) -> None:
         """Masked layers: zero inactive entries the optimizer moved (dense gradient, momentum, decay)."""
