@@ -38,3 +38,19 @@ def test_fit_exponent_and_crossover_helpers():
     # speed-up 0.5 at 0.6 and 2.0 at 0.8: log-linear interpolation crosses 1 half-way
     assert abs(bench.crossover([(0.6, 0.5), (0.8, 2.0)]) - 0.7) < 1e-12
     assert bench.crossover([(0.5, 0.2), (0.9, 0.9)]) is None
+
+
+def test_kernel_bench_quick(tmp_path, monkeypatch):
+    import pathlib
+    import runpy
+
+    import pytest
+
+    pytest.importorskip("sparsetrain.kernels.cpp_ext")
+    script = pathlib.Path(__file__).parents[2] / "benchmarks" / "kernel_bench.py"
+    out = tmp_path / "k.json"
+    monkeypatch.setattr("sys.argv", [str(script), "--quick", "--repeats", "1", "--out", str(out)])
+    runpy.run_path(str(script), run_name="__main__")
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["n_out"], r["fan_in"]) for r in rows] == [(512, 16), (1024, 64)]
+    assert all(r["spmm_ns"] > 0 and r["grad_input_ns"] > 0 and r["sddmm_ns"] > 0 for r in rows)
