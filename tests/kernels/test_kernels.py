@@ -163,3 +163,12 @@ def test_leaf_input_gets_a_batch_major_gradient(backend_name):
     kernels.sparse_linear(x, m.values, m.crow, m.col, (m.ccol, m.row_t, m.perm_t), 11).sum().backward()
     assert x.grad.is_contiguous()
     torch.testing.assert_close(x.grad, torch.ones(5, 9, dtype=torch.float64) @ m.dense(), rtol=1e-12, atol=1e-12)
+
+
+def test_bad_column_block_setting_names_the_variable(monkeypatch):
+    cpp_ext = pytest.importorskip("sparsetrain.kernels.cpp_ext")
+    from sparsetrain.errors import ConfigError
+
+    monkeypatch.setattr(cpp_ext, "COLUMN_BLOCK", "big")
+    with pytest.raises(ConfigError, match="SPARSETRAIN_CPU_COLUMN_BLOCK='big': allowed are 'auto' or a number"):
+        cpp_ext.column_block(100, torch.tensor([0, 5]), 512)

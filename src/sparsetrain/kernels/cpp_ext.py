@@ -17,6 +17,8 @@ from types import ModuleType
 
 import torch
 
+from ..errors import ConfigError
+
 SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
 CFLAGS = ("-O3", "-march=native", "-fopenmp", "-std=c++17")  # tuples: torch appends to the lists it is given
 LDFLAGS = ("-fopenmp",)
@@ -125,6 +127,9 @@ def column_block(n_cols: int, crow: torch.Tensor, tile: int) -> int:
     operand (n_cols rows of `tile` bytes) takes at most half of L2, as long as each row still has
     MIN_SEGMENT entries per block and the slice fits L2 whole."""
     if COLUMN_BLOCK != "auto":
+        if not COLUMN_BLOCK.isdigit():
+            raise ConfigError(f"SPARSETRAIN_CPU_COLUMN_BLOCK={COLUMN_BLOCK!r}: allowed are 'auto' or a number of "
+                              "columns per block (0: no blocking)")
         return int(COLUMN_BLOCK)
     footprint = n_cols * tile
     wanted = -(-footprint // (L2_BYTES // 2))

@@ -3,13 +3,14 @@
 // Dense operands are feature-major: row c of an (n, R) tensor holds one feature for all R batch rows,
 // so every inner loop is a contiguous SIMD axpy (SpMM) or dot (SDDMM) over R.
 //
-// Locality: the batch dimension is processed in tiles of W elements (at most 512 bytes) whose accumulators
-// live in registers; the gathered rows of the dense operand are software-prefetched a fixed number of
-// entries ahead, which is what pays once that operand no longer fits in L3. (Narrower tiles sized so the
-// gathered working set fits in cache were measured and lost everywhere: see docs/kernels.md.)
+// Locality: the batch dimension is processed in tiles of W elements (at most 512 bytes) held in named SIMD
+// registers (Tile); long rows are walked block of columns by block of columns so a block of the gathered
+// operand stays in L2 (for_row_segments); the gathered rows are software-prefetched a fixed number of
+// entries ahead once that operand no longer fits in L3 (the Python side decides both, cpp_ext.py).
+// (Narrower batch tiles were measured and lost everywhere: see docs/kernels.md.)
 //
-// Parallelism: SpMM splits rows into chunks of equal (nnz + rows) cost, SDDMM splits entries into equal
-// ranges; chunks are scheduled dynamically (the machine is shared, a static split stalls on the slowest).
+// Parallelism: SpMM and CSR SDDMM split rows into chunks of equal (nnz + rows) cost, COO SDDMM splits
+// entries into equal ranges; chunks are scheduled dynamically (a static split stalls on the slowest).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <omp.h>
