@@ -10,12 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import statistics
-import time
 
 import torch
 
 from sparsetrain import kernels
+from sparsetrain.bench import timed
 from sparsetrain.kernels import cpp_ext
 from sparsetrain.layout import CompressedLayout
 
@@ -26,13 +25,7 @@ QUICK = [(512, 256, 16), (1024, 1024, 64)]
 
 
 def median_seconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return timed(fn, repeats)["median_s"]
 
 
 def main() -> None:

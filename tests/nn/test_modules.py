@@ -12,6 +12,23 @@ def _dense_linear(layer, x):
     return F.linear(x, layer.dense_weight(), layer.bias)
 
 
+def _assert_agrees_with_float64(module, x, dense_fn):
+    """float32 output, input gradient and active-value gradient of a compressed module against
+    ``dense_fn(x64, w64)`` in float64 on its dense weight."""
+    y = module(x)
+    x64 = x.detach().double().requires_grad_(True)
+    w64 = module.dense_weight().double().requires_grad_(True)
+    y64 = dense_fn(x64, w64)
+    torch.testing.assert_close(y.double(), y64, rtol=1e-4, atol=1e-4)
+    g = torch.randn_like(y)
+    y.backward(g)
+    y64.backward(g.double())
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-4, atol=1e-4)
+    rows, cols = module.coordinates().unbind(1)
+    torch.testing.assert_close(module.layout.values.grad.double(), w64.grad.reshape(w64.shape[0], -1)[rows, cols],
+                               rtol=1e-4, atol=1e-3)
+
+
 @pytest.mark.parametrize("cls", [st.SparseLinear, st.MaskedLinear])
 @pytest.mark.parametrize("shape", [(1, 1), (7, 13), (33, 5)])
 def test_linear_gradcheck_float64(cls, shape):
@@ -34,17 +51,7 @@ def test_linear_gradcheck_float64(cls, shape):
 def test_linear_float32_agreement_large():
     layer = st.SparseLinear(768, 512, sparsity=0.9)
     x = torch.randn(64, 768, requires_grad=True)
-    y = layer(x)
-    x64 = x.detach().double().requires_grad_(True)
-    w64 = layer.dense_weight().double().requires_grad_(True)
-    y64 = F.linear(x64, w64, layer.bias.double())
-    torch.testing.assert_close(y.double(), y64, rtol=1e-4, atol=1e-4)
-    g = torch.randn_like(y)
-    y.backward(g)
-    y64.backward(g.double())
-    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-4, atol=1e-4)
-    rows, cols = layer.coordinates().unbind(1)
-    torch.testing.assert_close(layer.layout.values.grad.double(), w64.grad[rows, cols], rtol=1e-4, atol=1e-3)
+    _assert_agrees_with_float64(layer, x, lambda x64, w64: F.linear(x64, w64, layer.bias.double()))
 
 
 def test_linear_accepts_token_inputs():
@@ -72,18 +79,8 @@ def test_conv_gradcheck_float64(cls, geometry):
 def test_conv_float32_agreement(geometry):
     conv = st.SparseConv2d(16, 32, 3, sparsity=0.8, **geometry)
     x = torch.randn(8, 16, 17, 15, requires_grad=True)
-    y = conv(x)
-    w64 = conv.dense_weight().double().requires_grad_(True)
-    x64 = x.detach().double().requires_grad_(True)
-    y64 = F.conv2d(x64, w64, conv.bias.double(), conv.stride, conv.padding, conv.dilation)
-    torch.testing.assert_close(y.double(), y64, rtol=1e-4, atol=1e-4)
-    g = torch.randn_like(y)
-    y.backward(g)
-    y64.backward(g.double())
-    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-4, atol=1e-4)
-    rows, cols = conv.coordinates().unbind(1)
-    torch.testing.assert_close(conv.layout.values.grad.double(), w64.grad.reshape(32, -1)[rows, cols],
-                               rtol=1e-4, atol=1e-3)
+    _assert_agrees_with_float64(conv, x, lambda x64, w64: F.conv2d(x64, w64, conv.bias.double(), conv.stride,
+                                                                    conv.padding, conv.dilation))
 
 
 def test_sparse_aware_init_bounds():

@@ -200,9 +200,10 @@ void spmm_rows(const I* crow, const I* col, const T* val, const I* perm, const T
   });
 }
 
-template <typename T, typename I, int W>
-void spmm_impl(const I* crow, const I* col, const T* val, const I* perm, const T* x, T* out, int64_t n_rows,
-               int64_t R, int64_t n_cols, int64_t block, int64_t prefetch) {
+// f(r0, w, row_begin, row_end) for every batch tile [r0, r0 + w) of width W and every chunk of rows of equal
+// (entries + rows) cost, the chunks of one tile handed out dynamically to the team.
+template <int W, typename I, typename F>
+void for_row_chunks(const I* crow, int64_t n_rows, int64_t R, F&& f) {
   const int nt = team_size(static_cast<int64_t>(crow[n_rows]) * R);
   const int64_t n_chunks = std::max<int64_t>(1, std::min<int64_t>(n_rows, int64_t(nt) * kChunksPerThread));
   const std::vector<int64_t> bounds = balanced_row_chunks(crow, n_rows, n_chunks);
@@ -210,9 +211,16 @@ void spmm_impl(const I* crow, const I* col, const T* val, const I* perm, const T
   for (int64_t r0 = 0; r0 < R; r0 += W) {
     const int64_t w = std::min<int64_t>(W, R - r0);
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t c = 0; c < n_chunks; ++c)
-      spmm_rows<T, I, W>(crow, col, val, perm, x, out, R, r0, w, bounds[c], bounds[c + 1], n_cols, block, prefetch);
+    for (int64_t c = 0; c < n_chunks; ++c) f(r0, w, bounds[c], bounds[c + 1]);
   }
+}
+
+template <typename T, typename I, int W>
+void spmm_impl(const I* crow, const I* col, const T* val, const I* perm, const T* x, T* out, int64_t n_rows,
+               int64_t R, int64_t n_cols, int64_t block, int64_t prefetch) {
+  for_row_chunks<W>(crow, n_rows, R, [&](int64_t r0, int64_t w, int64_t row_begin, int64_t row_end) {
+    spmm_rows<T, I, W>(crow, col, val, perm, x, out, R, r0, w, row_begin, row_end, n_cols, block, prefetch);
+  });
 }
 
 // out[e] (+)= <left[row_e, r0:r0+w], right[col_e, r0:r0+w]>, one row's run of entries at a time (the left
@@ -244,21 +252,13 @@ int64_t sddmm_run(const T* a, const I* col, const T* right, T* out, int64_t R, i
 template <typename T, typename I, int W>
 void sddmm_csr_impl(const I* crow, int64_t n_rows, const I* col, const T* left, const T* right, T* out,
                     int64_t R, int64_t n_cols, int64_t block, int64_t prefetch) {
-  const int nt = team_size(static_cast<int64_t>(crow[n_rows]) * R);
-  const int64_t n_chunks = std::max<int64_t>(1, std::min<int64_t>(n_rows, int64_t(nt) * kChunksPerThread));
-  const std::vector<int64_t> bounds = balanced_row_chunks(crow, n_rows, n_chunks);
-#pragma omp parallel num_threads(nt)
-  for (int64_t r0 = 0; r0 < R; r0 += W) {
-    const int64_t w = std::min<int64_t>(W, R - r0);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t c = 0; c < n_chunks; ++c) {
-      const int64_t last = crow[bounds[c + 1]];
-      for_row_segments(crow, bounds[c], bounds[c + 1], n_cols, block,
-                       [&](int64_t i, int64_t p, int64_t end, int64_t limit, bool) {
-        return sddmm_run<T, I, W>(left + i * R + r0, col, right + r0, out, R, w, r0 > 0, p, end, limit, last, prefetch);
-      });
-    }
-  }
+  for_row_chunks<W>(crow, n_rows, R, [&](int64_t r0, int64_t w, int64_t row_begin, int64_t row_end) {
+    const int64_t last = crow[row_end];
+    for_row_segments(crow, row_begin, row_end, n_cols, block,
+                     [&](int64_t i, int64_t p, int64_t end, int64_t limit, bool) {
+      return sddmm_run<T, I, W>(left + i * R + r0, col, right + r0, out, R, w, r0 > 0, p, end, limit, last, prefetch);
+    });
+  });
 }
 
 template <typename T, typename I, int W>
