@@ -13,7 +13,7 @@ import pathlib
 
 import torch
 
-from sparsetrain import kernels
+from sparsetrain import kernels, retain_freed_memory
 from sparsetrain.bench import timed
 from sparsetrain.kernels import cpp_ext
 from sparsetrain.layout import CompressedLayout
@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / "kernel_bench.json"))
     args = parser.parse_args()
     torch.set_num_threads(2)
+    retain_freed_memory()  # as `sparsetrain train` does (sparsetrain/allocator.py)
     gen = torch.Generator().manual_seed(0)
     rows = []
     print(f"{'n_out':>7} {'n_in':>7} {'fan-in':>6} {'operand MiB':>11} {'block':>6} "

@@ -34,6 +34,8 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from .allocator import retain_freed_memory
+
 BATCH = 128
 THREADS = 2
 RESULTS_DIR = Path("benchmarks") / "results"
@@ -344,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
+    retain_freed_memory()  # as `sparsetrain train` does (allocator.py)
     result = COMMANDS[args.command](args)
     name = {"layer": "layer_bench", "scaling": "width_scaling", "mlp": "mlp_bench"}[args.command]
     write_json(name if not args.quick else f"{name}_quick", {"benchmark": args.command, "batch": BATCH,

@@ -108,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .allocator import retain_freed_memory
     from .train import Trainer, resolve
     from .train.config import dump_yaml
 
@@ -125,6 +126,7 @@ def _train(args: argparse.Namespace) -> int:
             print(dump_yaml(config), end="")
             return 0
         trainer = Trainer(config, getattr(args, "out", None), device=getattr(args, "device", None), progress=progress)
+    retain_freed_memory()  # topology updates reuse freed blocks instead of page-faulting them in (allocator.py)
     try:
         trainer.fit()
     except KeyboardInterrupt:
