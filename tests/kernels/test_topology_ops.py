@@ -275,3 +275,22 @@ def test_bad_input_names_the_field():
                               torch.zeros(0, dtype=torch.int64), torch.zeros(1, dtype=torch.int32), 4)
     with pytest.raises(ValueError, match="sorted_uniform_draws needs total >= 1"):
         kernels.sorted_uniform_draws(0, 3, _gen(0))
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("n_rows,n", [(0, 0), (5, 0), (1, 7), (50, 3), (3000, 200_000)])
+def test_rows_to_crow(name, dtype, n_rows, n):
+    """Row pointers of sorted rows: empty rows anywhere (first, last, between), no rows, no entries."""
+    rows = torch.sort(torch.randint(0, max(n_rows, 1), (n,), generator=_gen(n))).values.to(dtype)
+    crow = kernels.rows_to_crow(rows, n_rows)
+    expected = torch.cat((torch.zeros(1, dtype=torch.int64),
+                          torch.bincount(rows.long(), minlength=n_rows)[:n_rows].cumsum(0)))
+    assert crow.dtype == dtype and torch.equal(crow.long(), expected)
+
+
+def test_cpp_rows_to_crow_rejects_unsorted_or_out_of_range(monkeypatch):
+    monkeypatch.setenv(backend.ENV_VAR, "cpp")
+    with pytest.raises(ValueError, match=r"rows must be sorted ascending with entries in \[0, n_rows=3\)"):
+        kernels.rows_to_crow(torch.tensor([0, 2, 1]), 3)
+    with pytest.raises(ValueError, match=r"rows must be sorted ascending with entries in \[0, n_rows=3\)"):
+        kernels.rows_to_crow(torch.tensor([0, 3]), 3)

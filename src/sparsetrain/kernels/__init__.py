@@ -26,13 +26,13 @@ from .topology import (
     linear_to_csr,
     merge_entries,
     order_check,
+    rows_to_crow,
     sample_and_score,
     select_k,
     sorted_uniform_draws,
     transpose_csr,
     unique_difference,
 )
-from .torch_ops import rows_to_crow
 
 __all__ = ["spmm", "spmm_transposed", "sddmm", "sddmm_coo", "feature_major", "sparse_linear", "active_backends", "rows_to_crow", "transpose_order",
            "KernelUnavailableError", "KernelFallbackWarning",

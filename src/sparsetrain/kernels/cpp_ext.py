@@ -192,6 +192,10 @@ def linear_index(row: torch.Tensor, col: torch.Tensor, n_cols: int) -> torch.Ten
     return load().linear_index(row.contiguous(), col.contiguous(), int(n_cols))
 
 
+def rows_to_crow(rows: torch.Tensor, n_rows: int) -> torch.Tensor:
+    return load().rows_to_crow(rows.contiguous(), int(n_rows))
+
+
 def linear_to_csr(lin: torch.Tensor, n_rows: int, n_cols: int) -> tuple[torch.Tensor, torch.Tensor]:
     return tuple(load().linear_to_csr(lin.contiguous(), int(n_rows), int(n_cols)))  # type: ignore[return-value]
 

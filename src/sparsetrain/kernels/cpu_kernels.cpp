@@ -711,6 +711,40 @@ void select_k_impl(const T* s, int64_t n, int64_t k, bool largest, bool absolute
 
 }  // namespace
 
+// CSR row pointers of row indices sorted ascending: crow[r] = the first entry whose row is >= r. One
+// parallel pass: each chunk of entries writes the pointers of the rows that start inside it.
+torch::Tensor rows_to_crow(torch::Tensor rows, int64_t n_rows) {
+  check_index_vector(rows, "rows");
+  TORCH_CHECK_VALUE(n_rows >= 0, "n_rows must be >= 0, got ", n_rows);
+  const int64_t n = rows.numel();
+  auto crow = torch::empty({n_rows + 1}, rows.options());
+  bool bad = false;
+  dispatch_index(rows, [&](auto tag) {
+    using I = decltype(tag);
+    const I* r = rows.data_ptr<I>();
+    I* out = crow.data_ptr<I>();
+    const int nt = team_for(n);
+    const int64_t n_chunks = chunk_count(nt, n, 1 << 16);
+#pragma omp parallel for num_threads(nt) schedule(static) reduction(|| : bad)
+    for (int64_t c = 0; c < n_chunks; ++c) {
+      const int64_t b = n * c / n_chunks, e = n * (c + 1) / n_chunks;
+      int64_t previous = b == 0 ? -1 : static_cast<int64_t>(r[b - 1]);
+      for (int64_t j = b; j < e; ++j) {
+        const int64_t row = r[j];
+        if (row < previous || row >= n_rows) { bad = true; break; }
+        for (int64_t q = previous + 1; q <= row; ++q) out[q] = static_cast<I>(j);
+        previous = row;
+      }
+      if (c == n_chunks - 1 && !bad)
+        for (int64_t q = previous + 1; q <= n_rows; ++q) out[q] = static_cast<I>(n);
+    }
+    if (n == 0)
+      for (int64_t q = 0; q <= n_rows; ++q) out[q] = 0;
+  });
+  TORCH_CHECK_VALUE(!bad, "rows must be sorted ascending with entries in [0, n_rows=", n_rows, ")");
+  return crow;
+}
+
 torch::Tensor linear_index(torch::Tensor row, torch::Tensor col, int64_t n_cols) {
   check_common(row, col, "row");
   TORCH_CHECK(row.numel() == col.numel(), "row and col must have the same length");
@@ -1169,6 +1203,8 @@ inline uint64_t mul_high(uint64_t x, uint64_t n) {
   return static_cast<uint64_t>((static_cast<unsigned __int128>(x) * n) >> 64);
 }
 
+constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ull;  // stream stride between consecutive draws
+
 // Walker's alias table over non-negative weights: O(n) to build, O(1) per draw. Units of weight 0 are left
 // out of the table, so they are never drawn. No weights: uniform.
 class UnitSampler {
@@ -1212,13 +1248,39 @@ class UnitSampler {
     return unit_[u < prob_[j] ? j : alias_[j]];
   }
 
+  // Uniform over at most 2^32 units: one 64-bit random number gives two draws (its 32-bit halves, by a
+  // multiply-high each; bias below n / 2^32), halving the generator's cost, the larger part of a draw.
+  bool draws_in_pairs() const { return unit_.empty() && n_ <= (int64_t(1) << 32); }
+
+  // f(unit) for the `count` draws of stream `seed` (draw t from SplitMix64 of seed + t·golden, or of
+  // seed + (t/2)·golden, half t%2, in pairs).
+  template <typename F>
+  inline void draws(uint64_t seed, int64_t first, int64_t count, F&& f) const {
+    if (!draws_in_pairs()) {
+      for (int64_t t = first; t < first + count; ++t) f(draw(splitmix64(seed + static_cast<uint64_t>(t) * kGolden)));
+      return;
+    }
+    const uint64_t n = static_cast<uint64_t>(n_);
+    auto half = [n](uint64_t x32) { return static_cast<int64_t>((x32 * n) >> 32); };
+    int64_t t = first;
+    const int64_t end = first + count;
+    if (t < end && (t & 1)) {  // an odd start takes the high half of its pair
+      f(half(splitmix64(seed + static_cast<uint64_t>(t >> 1) * kGolden) >> 32));
+      ++t;
+    }
+    for (; t + 1 < end; t += 2) {
+      const uint64_t x = splitmix64(seed + static_cast<uint64_t>(t >> 1) * kGolden);
+      f(half(x & 0xFFFFFFFFull));
+      f(half(x >> 32));
+    }
+    if (t < end) f(half(splitmix64(seed + static_cast<uint64_t>(t >> 1) * kGolden) & 0xFFFFFFFFull));
+  }
+
  private:
   int64_t n_;
   std::vector<int64_t> unit_, alias_;
   std::vector<double> prob_;
 };
-
-constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ull;
 
 // The distinct columns of `n_draws` draws of one row (stream `row_seed`), minus the active ones (sorted
 // `active`), written ascending to `out` (room for n_draws + kFlagWord); returns how many. Bitmap when the
@@ -1229,10 +1291,7 @@ int64_t row_candidates(const UnitSampler& cols, uint64_t row_seed, int64_t n_dra
   const int64_t words = (n_in + 63) / 64;
   if (words <= 4 * n_draws) {
     bits.assign(words, 0);
-    for (int64_t t = 0; t < n_draws; ++t) {
-      const int64_t c = cols.draw(splitmix64(row_seed + static_cast<uint64_t>(t) * kGolden));
-      bits[c >> 6] |= uint64_t(1) << (c & 63);
-    }
+    cols.draws(row_seed, 0, n_draws, [&](int64_t c) { bits[c >> 6] |= uint64_t(1) << (c & 63); });
     for (int64_t p = 0; p < n_active; ++p) {
       const int64_t c = active[p];
       bits[c >> 6] &= ~(uint64_t(1) << (c & 63));
@@ -1250,8 +1309,8 @@ int64_t row_candidates(const UnitSampler& cols, uint64_t row_seed, int64_t n_dra
     }
     return o - out;
   }
-  for (int64_t t = 0; t < n_draws; ++t)
-    out[t] = static_cast<int32_t>(cols.draw(splitmix64(row_seed + static_cast<uint64_t>(t) * kGolden)));
+  int32_t* o = out;
+  cols.draws(row_seed, 0, n_draws, [&](int64_t c) { *o++ = static_cast<int32_t>(c); });
   std::sort(out, out + n_draws);
   int64_t w = 0, p = 0;
   for (int64_t t = 0; t < n_draws; ++t) {  // in place: w <= t
@@ -1337,8 +1396,8 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> sample_and_score(
     int64_t* h = hist.data() + static_cast<size_t>(omp_get_thread_num()) * n_out;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t b = 0; b < n_blocks; ++b)
-      for (int64_t j = b * kDrawBlock, e = std::min(m, (b + 1) * kDrawBlock); j < e; ++j)
-        ++h[rows.draw(splitmix64(row_stream + static_cast<uint64_t>(j) * kGolden))];
+      rows.draws(row_stream, b * kDrawBlock, std::min(m, (b + 1) * kDrawBlock) - b * kDrawBlock,
+                 [h](int64_t r) { ++h[r]; });
   }
   std::vector<int64_t> draws_before(n_out + 1, 0);
   for (int64_t r = 0; r < n_out; ++r) {
@@ -1455,6 +1514,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("transpose_order", &transpose_order, "stable counting sort of column indices: (perm, ccol)");
   // topology operations
   m.def("linear_index", &linear_index, "int64 row * n_cols + col");
+  m.def("rows_to_crow", &rows_to_crow, "CSR row pointers of sorted row indices");
   m.def("linear_to_csr", &linear_to_csr, "CSR (crow, col) of sorted int64 linear indices");
   m.def("sorted_uniform_draws", &sorted_uniform_draws, "m sorted uniform draws from [0, total), seeded");
   m.def("unique_difference", &unique_difference, "sorted unique values of a that are not in sorted b");

@@ -34,6 +34,16 @@ def _check_lin(name: str, t: torch.Tensor) -> None:
                          f"dtype {t.dtype}")
 
 
+def rows_to_crow(rows: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """CSR row pointers (``rows``' dtype) of row indices sorted ascending. C++: one parallel pass over the
+    entries (and a ValueError for unsorted or out-of-range rows); torch: a binary search per row."""
+    _check_index("rows", rows)
+    cpp = _cpp(rows.device)
+    if cpp is not None:
+        return cpp.rows_to_crow(rows, n_rows)
+    return torch_ops.rows_to_crow(rows, n_rows)
+
+
 def linear_index(row: torch.Tensor, col: torch.Tensor, n_cols: int) -> torch.Tensor:
     """int64 ``row · n_cols + col`` in one pass (no int64 temporaries of the inputs)."""
     _check_index("row", row)
