@@ -624,9 +624,9 @@ struct Selector {
     }
   }
 
-  static void run(const T* s, int64_t n, int64_t k, int64_t* out) {
-    const int nt = team_for(n);
-    const int64_t n_chunks = chunk_count(nt, n, 1 << 14);
+  // Keys of a strided sample bracket the k-th largest key: keys > hi are surely selected, keys < lo surely
+  // not (3 sigma of the sample rank, plus 2), so only keys in [lo, hi] need an exact selection.
+  static void sample_bracket(const T* s, int64_t n, int64_t k, int nt, K& lo, K& hi, double& lo_fraction) {
     constexpr int64_t kSample = int64_t(1) << 14;
     const int64_t S = std::min(n, kSample);
     std::vector<K> sample(S);
@@ -636,7 +636,8 @@ struct Selector {
     const double margin = 3.0 * std::sqrt(rank * (1.0 - rank / S) + 1.0) + 2.0;
     const int64_t hi_rank = static_cast<int64_t>(std::floor(rank - margin));
     const int64_t lo_rank = static_cast<int64_t>(std::ceil(rank + margin));
-    K hi = ~K(0), lo = K(0);  // keys > hi: surely selected; keys < lo: surely not
+    hi = ~K(0);
+    lo = K(0);
     if (hi_rank >= 0) {
       std::nth_element(sample.begin(), sample.begin() + hi_rank, sample.end(), std::greater<K>());
       hi = sample[hi_rank];
@@ -646,6 +647,96 @@ struct Selector {
                        std::greater<K>());
       lo = sample[lo_rank];
     }
+    lo_fraction = std::min(1.0, static_cast<double>(lo_rank + 1) / S);  // sample share of keys >= lo
+  }
+
+  // One pass over the scores: each chunk collects the positions and keys of its keys >= lo (about k plus
+  // the bracket), into room sized from the sample; the threshold and the ties are then found among the
+  // collected keys alone. Returns false, having written nothing, when the sample misled (a chunk's room
+  // overflowed or the k-th key lies outside [lo, hi]): run() then takes the counting passes.
+  static bool run_one_pass(const T* s, int64_t n, int64_t k, int64_t* out, int nt, int64_t n_chunks, K lo, K hi,
+                           double lo_fraction) {
+    std::vector<std::vector<int64_t>> pos(n_chunks);
+    std::vector<std::vector<K>> keys(n_chunks);
+    std::vector<int64_t> n_gt(n_chunks, 0), n_eq(n_chunks, 0);
+    bool overflow = false;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(|| : overflow)
+    for (int64_t c = 0; c < n_chunks; ++c) {
+      const int64_t b = n * c / n_chunks, e = n * (c + 1) / n_chunks, len = e - b;
+      const double expected = lo_fraction * static_cast<double>(len);
+      const int64_t room = std::min<int64_t>(len, static_cast<int64_t>(expected + 6.0 * std::sqrt(expected) + 1024));
+      pos[c].resize(room + kFlagWord);
+      keys[c].resize(room + kFlagWord);
+      int64_t* p = pos[c].data();
+      K* kk = keys[c].data();
+      int64_t w = 0;
+      constexpr int64_t kBlock = 256;
+      alignas(64) K block_keys[kBlock];
+      for (int64_t b0 = b; b0 < e && !overflow; b0 += kBlock) {
+        const int64_t m = std::min(kBlock, e - b0);
+#pragma omp simd
+        for (int64_t j = 0; j < m; ++j) block_keys[j] = key(s[b0 + j]);
+        if (w + m > room) { overflow = true; break; }
+        for (int64_t j = 0; j < m; ++j) {  // no branch per element: write, advance when selected
+          p[w] = b0 + j;
+          kk[w] = block_keys[j];
+          w += block_keys[j] >= lo;
+        }
+      }
+      pos[c].resize(w);
+      keys[c].resize(w);
+    }
+    if (overflow) return false;
+    int64_t above = 0, inside = 0;
+    for (int64_t c = 0; c < n_chunks; ++c)
+      for (K x : keys[c]) { above += x > hi; inside += x <= hi; }
+    if (!(above < k && k <= above + inside)) return false;
+    std::vector<K> bracket;
+    bracket.reserve(inside);
+    for (int64_t c = 0; c < n_chunks; ++c)
+      for (K x : keys[c]) if (x <= hi) bracket.push_back(x);
+    const int64_t need = k - above;
+    std::nth_element(bracket.begin(), bracket.begin() + (need - 1), bracket.end(), std::greater<K>());
+    const K threshold = bracket[need - 1];
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (int64_t c = 0; c < n_chunks; ++c) {
+      int64_t gt = 0, eq = 0;
+      for (K x : keys[c]) { gt += x > threshold; eq += x == threshold; }
+      n_gt[c] = gt;
+      n_eq[c] = eq;
+    }
+    int64_t ties_left = k;
+    for (int64_t c = 0; c < n_chunks; ++c) ties_left -= n_gt[c];
+    std::vector<int64_t> offset(n_chunks + 1, 0), ties(n_chunks);
+    for (int64_t c = 0; c < n_chunks; ++c) {
+      ties[c] = std::min(n_eq[c], ties_left);
+      ties_left -= ties[c];
+      offset[c + 1] = offset[c] + n_gt[c] + ties[c];
+    }
+    TORCH_CHECK(offset[n_chunks] == k && ties_left == 0, "select_k: internal error (one pass selected ",
+                offset[n_chunks], " of ", k, ")");
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (int64_t c = 0; c < n_chunks; ++c) {
+      int64_t* o = out + offset[c];
+      int64_t t = ties[c];
+      const int64_t m = static_cast<int64_t>(keys[c].size());
+      for (int64_t j = 0; j < m; ++j) {  // ascending positions; ties to the lower ones
+        const K x = keys[c][j];
+        const bool tie = x == threshold && t > 0;
+        if (x > threshold || tie) *o++ = pos[c][j];
+        t -= tie;
+      }
+    }
+    return true;
+  }
+
+  static void run(const T* s, int64_t n, int64_t k, int64_t* out) {
+    const int nt = team_for(n);
+    const int64_t n_chunks = chunk_count(nt, n, 1 << 14);
+    K lo, hi;
+    double lo_fraction;
+    sample_bracket(s, n, k, nt, lo, hi, lo_fraction);
+    if (run_one_pass(s, n, k, out, nt, n_chunks, lo, hi, lo_fraction)) return;
     std::vector<int64_t> n_gt(n_chunks), n_eq(n_chunks);
     std::vector<std::vector<int64_t>> in_bracket(n_chunks);
     int64_t above = 0, inside = 0;
