@@ -568,6 +568,7 @@ inline typename KeyOf<T>::K float_key(T x, bool absolute) {
 // k-th key T (when the bracket missed, it is widened to the whole side that holds T and pass 1 repeats);
 // pass 2 writes every key above T and the first (k - #above) keys equal to T, each chunk at its offset.
 constexpr int64_t kFlagWord = 8;  // flags looked at together (one uint64_t) when sweeping
+constexpr int64_t kCollectSlack = 16;  // room past the end for whole-vector stores
 
 template <typename T, bool Largest, bool Absolute>
 struct Selector {
@@ -675,8 +676,8 @@ struct Selector {
       const int64_t b = n * c / n_chunks, e = n * (c + 1) / n_chunks, len = e - b;
       const double expected = lo_fraction * static_cast<double>(len);
       const int64_t room = std::min<int64_t>(len, static_cast<int64_t>(expected + 6.0 * std::sqrt(expected) + 1024));
-      pos[c].resize(room + kFlagWord);
-      keys[c].resize(room + kFlagWord);
+      pos[c].resize(room + kCollectSlack);
+      keys[c].resize(room + kCollectSlack);
       int64_t* p = pos[c].data();
       K* kk = keys[c].data();
       int64_t w = 0;
@@ -687,7 +688,26 @@ struct Selector {
 #pragma omp simd
         for (int64_t j = 0; j < m; ++j) block_keys[j] = key(s[b0 + j]);
         if (w + m > room) { overflow = true; break; }
-        for (int64_t j = 0; j < m; ++j) {  // no branch per element: write, advance when selected
+        int64_t j = 0;
+#if defined(__AVX512F__)
+        if constexpr (sizeof(K) == 4) {  // 16 at a time: compress the selected lanes, store whole vectors
+          // (register compress + full store: the memory form of vpcompress is microcoded on Zen 4)
+          const __m512i low = _mm512_set1_epi32(static_cast<int>(lo));
+          const __m512i iota = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+          for (; j + 16 <= m; j += 16) {
+            const __m512i kv = _mm512_loadu_si512(block_keys + j);
+            const __mmask16 take = _mm512_cmpge_epu32_mask(kv, low);
+            _mm512_storeu_si512(kk + w, _mm512_maskz_compress_epi32(take, kv));
+            const __m512i first = _mm512_add_epi64(_mm512_set1_epi64(b0 + j), iota);
+            const __mmask8 take_lo = static_cast<__mmask8>(take), take_hi = static_cast<__mmask8>(take >> 8);
+            _mm512_storeu_si512(p + w, _mm512_maskz_compress_epi64(take_lo, first));
+            const int64_t w_hi = w + __builtin_popcount(take_lo);
+            _mm512_storeu_si512(p + w_hi, _mm512_maskz_compress_epi64(take_hi, _mm512_add_epi64(first, _mm512_set1_epi64(8))));
+            w = w_hi + __builtin_popcount(take_hi);
+          }
+        }
+#endif
+        for (; j < m; ++j) {  // no branch per element: write, advance when selected
           p[w] = b0 + j;
           kk[w] = block_keys[j];
           w += block_keys[j] >= lo;
