@@ -33,6 +33,9 @@ def test_spmm_and_transpose_match_dense(backend_name, case, index_dtype):
         torch.testing.assert_close(out_t, m.dense().t() @ gy, rtol=1e-12, atol=1e-12)
         out_t2 = kernels.spmm_transposed(m.crow, m.col, m.values, gy, m.shape[1], (m.ccol, m.row_t, m.perm_t))
         torch.testing.assert_close(out_t2, m.dense().t() @ gy, rtol=1e-12, atol=1e-12)
+        pairs = torch.stack((m.perm_t, m.row_t), dim=1)  # the interleaved form transpose_csr returns on CPU
+        out_t3 = kernels.spmm_transposed(m.crow, m.col, m.values, gy, m.shape[1], (m.ccol, pairs[:, 1], pairs[:, 0]))
+        torch.testing.assert_close(out_t3, m.dense().t() @ gy, rtol=1e-12, atol=1e-12)
 
 
 def test_spmm_transposed_parallel_path_matches_dense(backend_name):

@@ -147,16 +147,33 @@ def spmm(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, dense_fm: 
     dense_fm = dense_fm.contiguous()
     tile = tile_bytes(dense_fm.shape[1], dense_fm.element_size())
     return load().spmm(crow.contiguous(), col.contiguous(), values.contiguous(), dense_fm, None, tile,
-                       prefetch_distance(dense_fm), column_block(dense_fm.shape[0], crow, tile))
+                       prefetch_distance(dense_fm), column_block(dense_fm.shape[0], crow, tile), False)
 
 
 def spmm_permuted(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, perm: torch.Tensor,
                   dense_fm: torch.Tensor) -> torch.Tensor:
-    """:func:`spmm` with entry p's value read as ``values[perm[p]]`` (no gathered copy of the values)."""
+    """:func:`spmm` with entry p's value read as ``values[perm[p]]`` (no gathered copy of the values).
+
+    ``perm`` and ``col`` may be the two columns of one (nnz, 2) tensor, as :func:`transpose_csr` returns them:
+    the kernel then reads them as one stream of pairs.
+    """
     dense_fm = dense_fm.contiguous()
     tile = tile_bytes(dense_fm.shape[1], dense_fm.element_size())
+    block = column_block(dense_fm.shape[0], crow, tile)
+    pairs = _pairs_of(perm, col)
+    if pairs is not None:
+        return load().spmm(crow.contiguous(), pairs, values.contiguous(), dense_fm, None, tile,
+                           prefetch_distance(dense_fm), block, True)
     return load().spmm(crow.contiguous(), col.contiguous(), values.contiguous(), dense_fm, perm.contiguous(), tile,
-                       prefetch_distance(dense_fm), column_block(dense_fm.shape[0], crow, tile))
+                       prefetch_distance(dense_fm), block, False)
+
+
+def _pairs_of(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor | None:
+    """The contiguous (n, 2) tensor whose columns are ``first`` and ``second``, when they are exactly that."""
+    if (first.ndim == 1 and first.shape == second.shape and first.dtype == second.dtype and first.stride() == (2,)
+            and second.stride() == (2,) and second.data_ptr() == first.data_ptr() + first.element_size()):
+        return first.as_strided((first.numel(), 2), (2, 1))
+    return None
 
 
 def transposed_contiguous(t: torch.Tensor) -> torch.Tensor:
@@ -219,7 +236,9 @@ def merge_entries(row: torch.Tensor, col: torch.Tensor, drop: torch.Tensor, new_
 
 
 def transpose_csr(row: torch.Tensor, col: torch.Tensor, n_cols: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return tuple(load().transpose_csr(row.contiguous(), col.contiguous(), int(n_cols)))  # type: ignore[return-value]
+    """(perm, ccol, row_t); perm and row_t are the two columns of one (nnz, 2) tensor (see spmm_permuted)."""
+    pairs, ccol = load().transpose_csr(row.contiguous(), col.contiguous(), int(n_cols))
+    return pairs[:, 0], ccol, pairs[:, 1]
 
 
 def gather_or_zero(src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -167,14 +167,17 @@ void for_row_segments(const I* crow, int64_t row_begin, int64_t row_end, int64_t
 // val[perm[p]] when perm is given (the transposed CSR reading the row-major values in place, the value
 // slots prefetched ahead). W is the tile width; w == W takes the register-resident path, w < W (the
 // batch's last, partial tile) the scalar one.
-template <typename T, typename I, int W>
+// S: the stride of col and perm in elements (2: the two are interleaved (slot, column) pairs, the transposed
+// CSR as its build leaves it).
+template <typename T, typename I, int W, int S>
 void spmm_rows(const I* crow, const I* col, const T* val, const I* perm, const T* x, T* out, int64_t R, int64_t r0,
                int64_t w, int64_t row_begin, int64_t row_end, int64_t n_cols, int64_t block, int64_t prefetch) {
   const int64_t last = crow[row_end];
+  auto column = [&](int64_t p) { return static_cast<int64_t>(col[p * S]); };
   auto value = [&](int64_t p) {
     if (perm == nullptr) return val[p];
-    if (p + kValuePrefetch < last) __builtin_prefetch(val + perm[p + kValuePrefetch], 0, 1);
-    return val[perm[p]];
+    if (p + kValuePrefetch < last) __builtin_prefetch(val + perm[(p + kValuePrefetch) * S], 0, 1);
+    return val[perm[p * S]];
   };
   for_row_segments(crow, row_begin, row_end, n_cols, block,
                    [&](int64_t i, int64_t p, int64_t end, int64_t limit, bool first) {
@@ -182,17 +185,16 @@ void spmm_rows(const I* crow, const I* col, const T* val, const I* perm, const T
     if (w == W) {
       Tile<T, W> acc;
       if (first) acc.zero(); else acc.load(o);
-      for (; p < end && static_cast<int64_t>(col[p]) < limit; ++p) {
-        if (prefetch > 0 && p + prefetch < last)
-          prefetch_tile<I>(x + static_cast<int64_t>(col[p + prefetch]) * R + r0, W * sizeof(T));
-        acc.axpy(value(p), x + static_cast<int64_t>(col[p]) * R + r0);
+      for (; p < end && column(p) < limit; ++p) {
+        if (prefetch > 0 && p + prefetch < last) prefetch_tile<I>(x + column(p + prefetch) * R + r0, W * sizeof(T));
+        acc.axpy(value(p), x + column(p) * R + r0);
       }
       acc.store(o);
     } else {
       if (first) std::fill(o, o + w, T(0));
-      for (; p < end && static_cast<int64_t>(col[p]) < limit; ++p) {
+      for (; p < end && column(p) < limit; ++p) {
         const T v = value(p);
-        const T* xr = x + static_cast<int64_t>(col[p]) * R + r0;
+        const T* xr = x + column(p) * R + r0;
         for (int64_t k = 0; k < w; ++k) o[k] += v * xr[k];
       }
     }
@@ -215,11 +217,11 @@ void for_row_chunks(const I* crow, int64_t n_rows, int64_t R, F&& f) {
   }
 }
 
-template <typename T, typename I, int W>
+template <typename T, typename I, int W, int S>
 void spmm_impl(const I* crow, const I* col, const T* val, const I* perm, const T* x, T* out, int64_t n_rows,
                int64_t R, int64_t n_cols, int64_t block, int64_t prefetch) {
   for_row_chunks<W>(crow, n_rows, R, [&](int64_t r0, int64_t w, int64_t row_begin, int64_t row_end) {
-    spmm_rows<T, I, W>(crow, col, val, perm, x, out, R, r0, w, row_begin, row_end, n_cols, block, prefetch);
+    spmm_rows<T, I, W, S>(crow, col, val, perm, x, out, R, r0, w, row_begin, row_end, n_cols, block, prefetch);
   });
 }
 
@@ -340,33 +342,47 @@ void dispatch_index(const torch::Tensor& col, F&& f) {
 
 }  // namespace
 
+// out = CSR(crow, col, values) @ x_fm. With perm, entry p's value is values[perm[p]]; with `pairs`, col is
+// an (nnz, 2) tensor of (perm, column) pairs (the transposed CSR as transpose_csr builds it).
 torch::Tensor spmm(torch::Tensor crow, torch::Tensor col, torch::Tensor values, torch::Tensor x_fm,
-                   c10::optional<torch::Tensor> perm, int64_t tile_bytes, int64_t prefetch, int64_t col_block) {
-  check_common(crow, col, "crow");
+                   c10::optional<torch::Tensor> perm, int64_t tile_bytes, int64_t prefetch, int64_t col_block,
+                   bool pairs) {
   check_dense(x_fm, "dense_fm");
   TORCH_CHECK(values.dim() == 1 && values.is_contiguous() && values.scalar_type() == x_fm.scalar_type(),
               "values must be 1-D contiguous with the dtype of dense_fm");
-  if (perm.has_value()) {
-    TORCH_CHECK(perm->dim() == 1 && perm->is_contiguous() && perm->scalar_type() == col.scalar_type() &&
-                    perm->numel() == col.numel(), "perm must be 1-D contiguous, with col's length and dtype");
-    TORCH_CHECK(values.numel() == col.numel(), "values and perm must have the same length");
+  int64_t nnz = col.numel();
+  if (pairs) {
+    TORCH_CHECK(!perm.has_value(), "pairs carry their own perm");
+    TORCH_CHECK(col.dim() == 2 && col.size(1) == 2 && col.is_contiguous(), "pairs must be a contiguous (nnz, 2) tensor");
+    TORCH_CHECK(crow.dim() == 1 && crow.is_contiguous() && crow.scalar_type() == col.scalar_type() &&
+                    (col.scalar_type() == torch::kInt32 || col.scalar_type() == torch::kInt64),
+                "crow and pairs must be int32 or int64 of one dtype");
+    nnz = col.size(0);
   } else {
-    TORCH_CHECK(values.numel() == col.numel(), "values and col must have the same length");
+    check_common(crow, col, "crow");
   }
+  if (perm.has_value())
+    TORCH_CHECK(perm->dim() == 1 && perm->is_contiguous() && perm->scalar_type() == col.scalar_type() &&
+                    perm->numel() == nnz, "perm must be 1-D contiguous, with col's length and dtype");
+  TORCH_CHECK(values.numel() == nnz, "values must have one element per entry (", nnz, ")");
   const int64_t n_rows = crow.numel() - 1, R = x_fm.size(1);
   TORCH_CHECK(n_rows >= 0, "crow must have at least one element");
   auto out = torch::empty({n_rows, R}, x_fm.options());
   if (n_rows == 0 || R == 0) return out;
-  if (col.numel() == 0) return out.zero_();
+  if (nnz == 0) return out.zero_();
   AT_DISPATCH_FLOATING_TYPES(x_fm.scalar_type(), "sparsetrain_spmm", [&] {
     using T = scalar_t;
     dispatch_index(col, [&](auto index_tag) {
       using I = decltype(index_tag);
-      const I* pm = perm.has_value() ? perm->data_ptr<I>() : nullptr;
+      const I* c = col.data_ptr<I>();
       with_tile<T>(tile_bytes, [&](auto wc) {
-        spmm_impl<T, I, decltype(wc)::value>(crow.data_ptr<I>(), col.data_ptr<I>(), values.data_ptr<T>(), pm,
-                                             x_fm.data_ptr<T>(), out.data_ptr<T>(), n_rows, R, x_fm.size(0),
-                                             col_block, prefetch);
+        constexpr int W = decltype(wc)::value;
+        if (pairs)
+          spmm_impl<T, I, W, 2>(crow.data_ptr<I>(), c + 1, values.data_ptr<T>(), c, x_fm.data_ptr<T>(),
+                                out.data_ptr<T>(), n_rows, R, x_fm.size(0), col_block, prefetch);
+        else
+          spmm_impl<T, I, W, 1>(crow.data_ptr<I>(), c, values.data_ptr<T>(), perm.has_value() ? perm->data_ptr<I>() : nullptr,
+                                x_fm.data_ptr<T>(), out.data_ptr<T>(), n_rows, R, x_fm.size(0), col_block, prefetch);
       });
     });
   });
@@ -418,10 +434,9 @@ torch::Tensor sddmm(torch::Tensor crow_or_rows, torch::Tensor col, torch::Tensor
 
 // Stable counting sort of col: perm lists entry ids in column-major order, ccol are the column pointers.
 // Per-thread histograms over contiguous entry ranges keep it stable and parallel: O(nnz + T * n_cols).
-// With row_in/row_out it also brings each entry's row to its column-major position (the transposed CSR's
-// row indices): the scatter writes (slot, row) pairs into `pairs` (nnz of them), one store stream per
-// column instead of two (the scatter misses L2 on nearly every store), and a sequential pass splits them:
-// 19 -> 15.5 ms at n = 16384, 98 %.
+// With row_in and `pairs` instead of perm, it writes (slot, row) pairs: the transposed CSR with its rows,
+// one store stream per column instead of two (the scatter misses L2 on nearly every store): 19 -> 11.5 ms
+// at n = 16384, 98 %, and the input-gradient SpMM reads the pairs as one stream.
 template <typename I>
 struct SlotRow {
   I slot, row;
@@ -429,7 +444,7 @@ struct SlotRow {
 
 template <typename I>
 void counting_transpose(const I* c, int64_t nnz, int64_t n_cols, I* pm, I* cp, const I* row_in = nullptr,
-                        I* row_out = nullptr, SlotRow<I>* pairs = nullptr) {
+                        SlotRow<I>* pairs = nullptr) {
   const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(team_size(nnz * 16), nnz / 4096 + 1)));
   std::vector<int64_t> counts(static_cast<size_t>(nt) * (n_cols + 1), 0);
   bool bad = false;
@@ -461,14 +476,8 @@ void counting_transpose(const I* c, int64_t nnz, int64_t n_cols, I* pm, I* cp, c
     const int t = omp_get_thread_num();
     int64_t* pos = counts.data() + static_cast<size_t>(t) * (n_cols + 1);
     const int64_t b = nnz * t / nt, e = nnz * (t + 1) / nt;
-    if (row_out != nullptr) {
+    if (pairs != nullptr) {
       for (int64_t j = b; j < e; ++j) pairs[pos[c[j]]++] = SlotRow<I>{static_cast<I>(j), row_in[j]};
-#pragma omp barrier
-#pragma omp for schedule(static)
-      for (int64_t p = 0; p < nnz; ++p) {
-        pm[p] = pairs[p].slot;
-        row_out[p] = pairs[p].row;
-      }
     } else {
       for (int64_t j = b; j < e; ++j) pm[pos[c[j]]++] = static_cast<I>(j);
     }
@@ -1217,23 +1226,21 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, int64_t, std::vector<tor
   return {out_row, out_col, source, collisions, carried};
 }
 
-// Transposed CSR of row-major (row, col) entries: (perm, ccol, row_t) in one counting sort.
-std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> transpose_csr(torch::Tensor row, torch::Tensor col,
-                                                                      int64_t n_cols) {
+// Transposed CSR of row-major (row, col) entries in one counting sort: (pairs, ccol), pairs the (nnz, 2)
+// (slot, row) of each entry in column-major order.
+std::tuple<torch::Tensor, torch::Tensor> transpose_csr(torch::Tensor row, torch::Tensor col, int64_t n_cols) {
   check_common(row, col, "row");
   TORCH_CHECK(row.numel() == col.numel(), "row and col must have the same length");
   TORCH_CHECK(n_cols >= 0, "n_cols must be >= 0, got ", n_cols);
   const int64_t nnz = col.numel();
-  auto perm = torch::empty({nnz}, col.options());
+  auto pairs = torch::empty({nnz, 2}, col.options());
   auto ccol = torch::empty({n_cols + 1}, col.options());
-  auto row_t = torch::empty({nnz}, col.options());
   dispatch_index(col, [&](auto tag) {
     using I = decltype(tag);
-    auto pairs = torch::empty({2 * nnz}, col.options());
-    counting_transpose<I>(col.data_ptr<I>(), nnz, n_cols, perm.data_ptr<I>(), ccol.data_ptr<I>(), row.data_ptr<I>(),
-                          row_t.data_ptr<I>(), reinterpret_cast<SlotRow<I>*>(pairs.data_ptr<I>()));
+    counting_transpose<I>(col.data_ptr<I>(), nnz, n_cols, nullptr, ccol.data_ptr<I>(), row.data_ptr<I>(),
+                          reinterpret_cast<SlotRow<I>*>(pairs.data_ptr<I>()));
   });
-  return {perm, ccol, row_t};
+  return {pairs, ccol};
 }
 
 // out[i] = src[index[i]], or 0 where index[i] < 0 (a remap of parameter-shaped state across a slot change).
@@ -1642,7 +1649,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("unique_difference", &unique_difference, "sorted unique values of a that are not in sorted b");
   m.def("select_k", &select_k, "ascending positions of the k largest/smallest scores, ties to the lower position");
   m.def("merge_entries", &merge_entries, "kept entries merged with sorted new ones, payloads carried: (row, col, source, collisions, carried)");
-  m.def("transpose_csr", &transpose_csr, "transposed CSR by counting sort: (perm, ccol, row_t)");
+  m.def("transpose_csr", &transpose_csr, "transposed CSR by counting sort: ((slot, row) pairs, ccol)");
   m.def("gather_or_zero", &gather_or_zero, "src[index], 0 where index < 0");
   m.def("coordinates_to_linear", &coordinates_to_linear, "(lin, all in range, strictly increasing)");
   m.def("order_check", &order_check, "(all in [0, high), strictly increasing)");
