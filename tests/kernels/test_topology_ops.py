@@ -194,13 +194,14 @@ def test_merge_entries_matches_reference(name, dtype, nnz, nd, nn):
         drop = torch.cat((torch.tensor([0]), torch.sort(torch.randperm(nnz - 1, generator=_gen(2))[:nd - 1]).values + 1))
     else:
         drop = torch.sort(torch.randperm(nnz, generator=_gen(2))[:nd]).values
-    row, col = (old // n_cols).to(dtype), (old % n_cols).to(dtype)
+    crow, col = _csr_of(old, n_rows, n_cols, dtype)
     payloads = [torch.randn(nnz, generator=_gen(3)), torch.randn(nnz, generator=_gen(4), dtype=torch.float64),
                 torch.randn(nnz, generator=_gen(5)).to(torch.bfloat16), torch.rand(nnz, generator=_gen(6)) < 0.5]
-    out_row, out_col, source, collisions, carried = kernels.merge_entries(row, col, drop, new, n_cols, payloads)
-    assert collisions == 0 and out_row.dtype == out_col.dtype == source.dtype == dtype
+    out_crow, out_col, source, collisions, carried = kernels.merge_entries(crow, col, drop, new, n_cols, payloads)
+    assert collisions == 0 and out_crow.dtype == out_col.dtype == source.dtype == dtype
     ref_lin, ref_src = _merge_reference(old.tolist(), drop.tolist(), new.tolist())
-    assert (out_row.long() * n_cols + out_col.long()).tolist() == ref_lin
+    ref_crow, ref_col = _csr_of(torch.tensor(ref_lin, dtype=torch.int64), n_rows, n_cols, dtype)
+    assert torch.equal(out_crow, ref_crow) and torch.equal(out_col, ref_col)
     assert source.tolist() == ref_src
     src = torch.tensor(ref_src, dtype=torch.int64)
     for payload, out in zip(payloads, carried, strict=True):  # carried in the merge: payload[source], 0 if new
@@ -209,34 +210,53 @@ def test_merge_entries_matches_reference(name, dtype, nnz, nd, nn):
         assert out.dtype == payload.dtype and torch.equal(out, expected)
 
 
+def _csr_of(lin: torch.Tensor, n_rows: int, n_cols: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(crow, col) of sorted linear indices, built with plain torch."""
+    crow = torch.zeros(n_rows + 1, dtype=torch.int64)
+    crow[1:] = torch.bincount(lin // n_cols, minlength=n_rows).cumsum(0)
+    return crow.to(dtype), (lin % n_cols).to(dtype)
+
+
 def test_merge_entries_counts_collisions(name):
-    row, col = torch.tensor([0, 0, 1], dtype=torch.int32), torch.tensor([1, 3, 2], dtype=torch.int32)
-    collisions = kernels.merge_entries(row, col, torch.tensor([0]), torch.tensor([1, 3, 6]), 4)[3]
+    crow, col = torch.tensor([0, 2, 3], dtype=torch.int32), torch.tensor([1, 3, 2], dtype=torch.int32)
+    collisions = kernels.merge_entries(crow, col, torch.tensor([0]), torch.tensor([1, 3, 6]), 4)[3]
     assert collisions == 2  # slot 0 (lin 1) is dropped, so only lin 3 and 6 collide
 
 
-def test_cpp_merge_entries_rejects_unsorted_drop_or_new(monkeypatch):
+def test_cpp_merge_entries_rejects_bad_input(monkeypatch):
     monkeypatch.setenv(backend.ENV_VAR, "cpp")
-    row = col = torch.tensor([0, 1], dtype=torch.int64)
+    crow, col = torch.tensor([0, 1, 2]), torch.tensor([0, 1])
+    none = torch.empty(0, dtype=torch.int64)
     with pytest.raises(ValueError, match=r"drop must be strictly increasing slots in \[0, 2\)"):
-        kernels.merge_entries(row, col, torch.tensor([1, 0]), torch.empty(0, dtype=torch.int64), 4)
-    with pytest.raises(ValueError, match="new_lin must be strictly increasing"):
-        kernels.merge_entries(row, col, torch.empty(0, dtype=torch.int64), torch.tensor([3, 3]), 4)
+        kernels.merge_entries(crow, col, torch.tensor([1, 0]), none, 4)
+    with pytest.raises(ValueError, match=r"new_lin must be strictly increasing and in \[0, n_rows \* n_cols = 8\)"):
+        kernels.merge_entries(crow, col, none, torch.tensor([3, 3]), 4)
+    with pytest.raises(ValueError, match=r"new_lin must be strictly increasing and in \[0, n_rows \* n_cols = 8\)"):
+        kernels.merge_entries(crow, col, none, torch.tensor([8]), 4)
     with pytest.raises(ValueError, match=r"payloads must be 1-D with one element per entry \(2\)"):
-        kernels.merge_entries(row, col, torch.tensor([0]), torch.tensor([3]), 4, [torch.zeros(3)])
+        kernels.merge_entries(crow, col, torch.tensor([0]), torch.tensor([3]), 4, [torch.zeros(3)])
+    with pytest.raises(ValueError, match=r"crow must be non-decreasing from 0 to len\(col\) = 2"):
+        kernels.merge_entries(torch.tensor([0, 2, 1]), col, none, none, 4)
 
 
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
-@pytest.mark.parametrize("n_cols,nnz", [(1, 0), (13, 40), (5000, 20_000)])
-def test_transpose_csr_is_a_stable_sort_with_rows(name, dtype, n_cols, nnz):
-    g = _gen(nnz)
-    col = torch.randint(0, n_cols, (nnz,), generator=g).to(dtype)
-    row = torch.randint(0, 99, (nnz,), generator=g).to(dtype)
-    perm, ccol, row_t = kernels.transpose_csr(row, col, n_cols)
+@pytest.mark.parametrize("n_rows,n_cols,nnz", [(1, 1, 0), (7, 13, 40), (99, 5000, 20_000), (3000, 70, 9000)])
+def test_transpose_csr_is_a_stable_sort_with_rows(name, dtype, n_rows, n_cols, nnz):
+    """Column-major order, rows ascending within a column; empty rows and columns included."""
+    lin = _sorted_unique(nnz, n_rows * n_cols, nnz)
+    crow, col = _csr_of(lin, n_rows, n_cols, dtype)
+    row = (lin // n_cols).to(dtype)
+    perm, ccol, row_t = kernels.transpose_csr(crow, col, n_cols)
     order = torch.sort(col.long(), stable=True).indices
     assert perm.dtype == ccol.dtype == row_t.dtype == dtype
     assert torch.equal(perm.long(), order) and torch.equal(row_t, row[order])
     assert torch.equal(ccol.long()[1:], torch.bincount(col.long(), minlength=n_cols).cumsum(0))
+
+
+def test_cpp_transpose_csr_rejects_bad_row_pointers(monkeypatch):
+    monkeypatch.setenv(backend.ENV_VAR, "cpp")
+    with pytest.raises(ValueError, match=r"crow must be non-decreasing from 0 to len\(col\) = 3"):
+        kernels.transpose_csr(torch.tensor([0, 2, 1]), torch.tensor([0, 1, 2]), 4)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.int64])

@@ -137,6 +137,28 @@ def test_state_dict_round_trip_with_different_nnz():
     torch.testing.assert_close(a(x), b(x))
 
 
+def test_state_dict_holds_the_csr_and_loads_the_earlier_row_col_form():
+    a = st.SparseLinear(20, 10, sparsity=0.5)
+    state = a.state_dict()
+    assert {"layout.crow", "layout.col", "layout.values"} <= set(state) and "layout.row" not in state
+    legacy = {k: v for k, v in state.items() if k != "layout.crow"}
+    legacy["layout.row"] = a.layout.row  # what checkpoints of the (row, col) storage hold
+    b = st.SparseLinear(20, 10, sparsity=0.9)
+    b.load_state_dict(legacy)
+    assert torch.equal(b.layout.crow, a.layout.crow) and torch.equal(b.layout.col, a.layout.col)
+    torch.testing.assert_close(b.dense_weight(), a.dense_weight())
+
+
+def test_load_rejects_a_broken_csr():
+    state = st.SparseLinear(20, 10, sparsity=0.5).state_dict()
+    bad_pointers = dict(state, **{"layout.crow": state["layout.crow"].flip(0)})
+    with pytest.raises(RuntimeError, match="crow must be non-decreasing from 0 to the number of entries"):
+        st.SparseLinear(20, 10, sparsity=0.5).load_state_dict(bad_pointers)
+    bad_columns = dict(state, **{"layout.col": state["layout.col"].flip(0)})
+    with pytest.raises(RuntimeError, match=r"columns must lie in \[0, 20\) and ascend within each row"):
+        st.SparseLinear(20, 10, sparsity=0.5).load_state_dict(bad_columns)
+
+
 # --- bad input --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("sparsity", [-0.1, 1.0, 1.5, "high", None])
 def test_bad_sparsity(sparsity):

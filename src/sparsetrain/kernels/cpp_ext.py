@@ -229,15 +229,15 @@ def select_k(scores: torch.Tensor, k: int, largest: bool, absolute: bool = False
     return load().select_k(scores.contiguous(), int(k), bool(largest), bool(absolute))
 
 
-def merge_entries(row: torch.Tensor, col: torch.Tensor, drop: torch.Tensor, new_lin: torch.Tensor, n_cols: int,
+def merge_entries(crow: torch.Tensor, col: torch.Tensor, drop: torch.Tensor, new_lin: torch.Tensor, n_cols: int,
                   payloads: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, list[torch.Tensor]]:
-    return tuple(load().merge_entries(row.contiguous(), col.contiguous(), drop.contiguous(),  # type: ignore[return-value]
+    return tuple(load().merge_entries(crow.contiguous(), col.contiguous(), drop.contiguous(),  # type: ignore[return-value]
                                       new_lin.contiguous(), int(n_cols), payloads))
 
 
-def transpose_csr(row: torch.Tensor, col: torch.Tensor, n_cols: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def transpose_csr(crow: torch.Tensor, col: torch.Tensor, n_cols: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(perm, ccol, row_t); perm and row_t are the two columns of one (nnz, 2) tensor (see spmm_permuted)."""
-    pairs, ccol = load().transpose_csr(row.contiguous(), col.contiguous(), int(n_cols))
+    pairs, ccol = load().transpose_csr(crow.contiguous(), col.contiguous(), int(n_cols))
     return pairs[:, 0], ccol, pairs[:, 1]
 
 

@@ -133,6 +133,19 @@ std::vector<int64_t> balanced_row_chunks(const I* crow, int64_t n_rows, int64_t 
   return bounds;
 }
 
+// Row of slot i of a CSR (binary search of the row pointers): where a walk over a range of slots starts.
+template <typename I>
+inline int64_t row_of_slot(const I* crow, int64_t n_rows, int64_t i) {
+  return std::upper_bound(crow, crow + n_rows + 1, static_cast<I>(i)) - crow - 1;
+}
+
+template <typename I>
+void check_row_pointers(const I* crow, int64_t n_rows, int64_t nnz) {
+  bool ok = crow[0] == 0 && static_cast<int64_t>(crow[n_rows]) == nnz;
+  for (int64_t r = 0; ok && r < n_rows; ++r) ok = crow[r] <= crow[r + 1];
+  TORCH_CHECK_VALUE(ok, "crow must be non-decreasing from 0 to len(col) = ", nnz);
+}
+
 // Column blocking. A row's entries are sorted by column, so the entries of rows [row_begin, row_end) that
 // fall in a block of `block` columns are one contiguous segment per row. Walking a tile of kTileRows rows
 // block by block keeps the block's slice of the gathered operand (and the tile's rows of the other one) in
@@ -443,8 +456,8 @@ struct SlotRow {
 };
 
 template <typename I>
-void counting_transpose(const I* c, int64_t nnz, int64_t n_cols, I* pm, I* cp, const I* row_in = nullptr,
-                        SlotRow<I>* pairs = nullptr) {
+void counting_transpose(const I* c, int64_t nnz, int64_t n_cols, I* pm, I* cp, const I* crow = nullptr,
+                        int64_t n_rows = 0, SlotRow<I>* pairs = nullptr) {
   const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(team_size(nnz * 16), nnz / 4096 + 1)));
   std::vector<int64_t> counts(static_cast<size_t>(nt) * (n_cols + 1), 0);
   bool bad = false;
@@ -477,7 +490,11 @@ void counting_transpose(const I* c, int64_t nnz, int64_t n_cols, I* pm, I* cp, c
     int64_t* pos = counts.data() + static_cast<size_t>(t) * (n_cols + 1);
     const int64_t b = nnz * t / nt, e = nnz * (t + 1) / nt;
     if (pairs != nullptr) {
-      for (int64_t j = b; j < e; ++j) pairs[pos[c[j]]++] = SlotRow<I>{static_cast<I>(j), row_in[j]};
+      int64_t r = b < e ? row_of_slot(crow, n_rows, b) : 0;
+      for (int64_t j = b; j < e; ++j) {
+        while (static_cast<int64_t>(crow[r + 1]) <= j) ++r;  // the row of entry j, from the row pointers
+        pairs[pos[c[j]]++] = SlotRow<I>{static_cast<I>(j), static_cast<I>(r)};
+      }
     } else {
       for (int64_t j = b; j < e; ++j) pm[pos[c[j]]++] = static_cast<I>(j);
     }
@@ -1102,32 +1119,32 @@ void carry_payload(const Payload& p, const I* source, int64_t w0, int64_t w1) {
 
 // Scratch of one thread, kept across chunks (growing only): allocating it per chunk cost more than the merge.
 struct MergeScratch {
-  std::vector<int64_t> klin, nlin, kslot, krow, kcol, nrow, ncol;
+  std::vector<int64_t> klin, nlin, kslot, kcol, ncol;
   std::vector<uint8_t> flags;
 };
 
 template <typename I>
-int64_t merge_chunk(const I* r, const I* c, int64_t n_cols, const Divider& div, const int64_t* d, int64_t nd,
-                    const int64_t* nl, int64_t s0, int64_t s1, int64_t j0, int64_t j1, int64_t w0, I* orow, I* ocol,
-                    I* src, const std::vector<Payload>& payloads, MergeScratch& scratch) {
+int64_t merge_chunk(const I* crow, int64_t n_rows, const I* c, int64_t n_cols, const Divider& div, const int64_t* d,
+                    int64_t nd, const int64_t* nl, int64_t s0, int64_t s1, int64_t j0, int64_t j1, int64_t w0,
+                    I* ocol, I* src, const std::vector<Payload>& payloads, MergeScratch& scratch) {
   const int64_t n_old = s1 - s0, n_new = j1 - j0;
-  for (auto* v : {&scratch.klin, &scratch.kslot, &scratch.krow, &scratch.kcol})
+  for (auto* v : {&scratch.klin, &scratch.kslot, &scratch.kcol})
     if (static_cast<int64_t>(v->size()) < n_old + 1) v->resize(n_old + 1);
-  for (auto* v : {&scratch.nlin, &scratch.nrow, &scratch.ncol})
+  for (auto* v : {&scratch.nlin, &scratch.ncol})
     if (static_cast<int64_t>(v->size()) < n_new + 1) v->resize(n_new + 1);
   if (static_cast<int64_t>(scratch.flags.size()) < n_old + 1) scratch.flags.resize(n_old + 1);
   uint8_t* flags = scratch.flags.data();
-  int64_t *klin = scratch.klin.data(), *kslot = scratch.kslot.data(), *krow = scratch.krow.data(),
-          *kcol = scratch.kcol.data(), *nlin = scratch.nlin.data(), *nrow = scratch.nrow.data(),
-          *ncol = scratch.ncol.data();
+  int64_t *klin = scratch.klin.data(), *kslot = scratch.kslot.data(), *kcol = scratch.kcol.data(),
+          *nlin = scratch.nlin.data(), *ncol = scratch.ncol.data();
   // drop flags first (independent stores), so the compaction below has no load in its dependency chain
   std::fill(flags, flags + n_old, uint8_t(0));
   for (int64_t k = std::lower_bound(d, d + nd, s0) - d; k < nd && d[k] < s1; ++k) flags[d[k] - s0] = 1;
   int64_t nk = 0;
-  for (int64_t i = s0; i < s1; ++i) {  // pass 1: kept entries
-    const int64_t ri = r[i], ci = c[i];
+  int64_t ri = s0 < s1 ? row_of_slot(crow, n_rows, s0) : 0;
+  for (int64_t i = s0; i < s1; ++i) {  // pass 1: kept entries (the row advances at each row pointer)
+    while (static_cast<int64_t>(crow[ri + 1]) <= i) ++ri;
+    const int64_t ci = c[i];
     kslot[nk] = i;
-    krow[nk] = ri;
     kcol[nk] = ci;
     klin[nk] = ri * n_cols + ci;
     nk += 1 - flags[i - s0];
@@ -1135,8 +1152,9 @@ int64_t merge_chunk(const I* r, const I* c, int64_t n_cols, const Divider& div, 
   constexpr int64_t kEnd = std::numeric_limits<int64_t>::max();
   klin[nk] = kEnd;
   for (int64_t j = 0; j < n_new; ++j) {
+    int64_t new_row;
     nlin[j] = nl[j0 + j];
-    div.divmod(nlin[j], nrow[j], ncol[j]);
+    div.divmod(nlin[j], new_row, ncol[j]);
   }
   nlin[n_new] = kEnd;
   int64_t collisions = 0, i = 0, j = 0;
@@ -1145,7 +1163,6 @@ int64_t merge_chunk(const I* r, const I* c, int64_t n_cols, const Divider& div, 
     const int64_t a = klin[i], b = nlin[j];
     const bool old = a <= b;
     collisions += a == b;
-    orow[w] = static_cast<I>(old ? krow[i] : nrow[j]);
     ocol[w] = static_cast<I>(old ? kcol[i] : ncol[j]);
     src[w] = static_cast<I>(old ? kslot[i] : -1);
     i += old;
@@ -1162,16 +1179,45 @@ int64_t merge_chunk(const I* r, const I* c, int64_t n_cols, const Divider& div, 
   return collisions;
 }
 
+// Row pointers after a merge: row r keeps its entries minus its dropped slots plus its new positions. Per
+// row range (in parallel), two cursors walk the sorted drop slots and new positions; then a prefix sum.
+template <typename I>
+void merged_row_pointers(const I* crow, int64_t n_rows, int64_t n_cols, const int64_t* d, int64_t nd,
+                         const int64_t* nl, int64_t nn, I* out) {
+  std::vector<int64_t> count(n_rows);
+  const int nt = team_for(n_rows + nd + nn);
+  const int64_t n_chunks = chunk_count(nt, n_rows, 1 << 10);
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t ch = 0; ch < n_chunks; ++ch) {
+    const int64_t r0 = n_rows * ch / n_chunks, r1 = n_rows * (ch + 1) / n_chunks;
+    int64_t k = std::lower_bound(d, d + nd, static_cast<int64_t>(crow[r0])) - d;
+    int64_t j = std::lower_bound(nl, nl + nn, r0 * n_cols) - nl;
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t slot_end = crow[r + 1], lin_end = (r + 1) * n_cols;
+      int64_t dropped = 0, added = 0;
+      for (; k < nd && d[k] < slot_end; ++k) ++dropped;
+      for (; j < nn && nl[j] < lin_end; ++j) ++added;
+      count[r] = static_cast<int64_t>(crow[r + 1]) - static_cast<int64_t>(crow[r]) - dropped + added;
+    }
+  }
+  int64_t at = 0;
+  for (int64_t r = 0; r < n_rows; ++r) {
+    out[r] = static_cast<I>(at);
+    at += count[r];
+  }
+  out[n_rows] = static_cast<I>(at);
+}
+
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, int64_t, std::vector<torch::Tensor>> merge_entries(
-    torch::Tensor row, torch::Tensor col, torch::Tensor drop, torch::Tensor new_lin, int64_t n_cols,
+    torch::Tensor crow, torch::Tensor col, torch::Tensor drop, torch::Tensor new_lin, int64_t n_cols,
     std::vector<torch::Tensor> payloads) {
-  check_common(row, col, "row");
-  TORCH_CHECK(row.numel() == col.numel(), "row and col must have the same length");
+  check_common(crow, col, "crow");
   for (const auto* t : {&drop, &new_lin})
     TORCH_CHECK(t->device().is_cpu() && t->dim() == 1 && t->is_contiguous() && t->scalar_type() == torch::kInt64,
                 "drop and new_lin must be contiguous 1-D int64 CPU tensors");
   TORCH_CHECK_VALUE(n_cols >= 1, "n_cols must be >= 1, got ", n_cols);
-  const int64_t nnz = row.numel(), nd = drop.numel(), nn = new_lin.numel();
+  TORCH_CHECK_VALUE(crow.numel() >= 1, "crow must have at least one element");
+  const int64_t n_rows = crow.numel() - 1, nnz = col.numel(), nd = drop.numel(), nn = new_lin.numel();
   for (const auto& t : payloads)
     TORCH_CHECK_VALUE(t.device().is_cpu() && t.dim() == 1 && t.is_contiguous() && t.numel() == nnz &&
                           (t.element_size() == 1 || t.element_size() == 2 || t.element_size() == 4 ||
@@ -1183,13 +1229,14 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, int64_t, std::vector<tor
 #pragma omp parallel for num_threads(team_for(nd)) schedule(static) reduction(|| : bad_drop)
   for (int64_t i = 0; i < nd; ++i) bad_drop = bad_drop || d[i] < 0 || d[i] >= nnz || (i > 0 && d[i - 1] >= d[i]);
 #pragma omp parallel for num_threads(team_for(nn)) schedule(static) reduction(|| : bad_new)
-  for (int64_t i = 0; i < nn; ++i) bad_new = bad_new || nl[i] < 0 || (i > 0 && nl[i - 1] >= nl[i]);
+  for (int64_t i = 0; i < nn; ++i)
+    bad_new = bad_new || nl[i] < 0 || nl[i] >= n_rows * n_cols || (i > 0 && nl[i - 1] >= nl[i]);
   TORCH_CHECK_VALUE(!bad_drop, "drop must be strictly increasing slots in [0, ", nnz, ")");
-  TORCH_CHECK_VALUE(!bad_new, "new_lin must be strictly increasing and >= 0");
+  TORCH_CHECK_VALUE(!bad_new, "new_lin must be strictly increasing and in [0, n_rows * n_cols = ", n_rows * n_cols, ")");
   const int64_t n_out = nnz - nd + nn;
-  auto out_row = torch::empty({n_out}, row.options());
-  auto out_col = torch::empty({n_out}, row.options());
-  auto source = torch::empty({n_out}, row.options());
+  auto out_crow = torch::empty({n_rows + 1}, crow.options());
+  auto out_col = torch::empty({n_out}, col.options());
+  auto source = torch::empty({n_out}, col.options());
   std::vector<torch::Tensor> carried;
   std::vector<Payload> views;
   for (const auto& t : payloads) {
@@ -1202,11 +1249,12 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, int64_t, std::vector<tor
                      static_cast<int64_t>(t.element_size())});
   }
   int64_t collisions = 0;
-  dispatch_index(row, [&](auto tag) {
+  dispatch_index(col, [&](auto tag) {
     using I = decltype(tag);
-    const I* r = row.data_ptr<I>();
+    const I* cp = crow.data_ptr<I>();
+    check_row_pointers(cp, n_rows, nnz);
     const I* c = col.data_ptr<I>();
-    auto lin_at = [&](int64_t i) { return static_cast<int64_t>(r[i]) * n_cols + static_cast<int64_t>(c[i]); };
+    auto lin_at = [&](int64_t i) { return row_of_slot(cp, n_rows, i) * n_cols + static_cast<int64_t>(c[i]); };
     const Divider div(n_cols);
     const int nt = team_for(nnz + nn);
     const int64_t n_chunks = std::min<int64_t>(chunk_count(nt, nnz, 1 << 14), std::max<int64_t>(1, nnz));
@@ -1217,27 +1265,29 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, int64_t, std::vector<tor
       const int64_t j0 = ch == 0 ? 0 : std::lower_bound(nl, nl + nn, lin_at(s0)) - nl;
       const int64_t j1 = ch == n_chunks - 1 ? nn : std::lower_bound(nl, nl + nn, lin_at(s1)) - nl;
       const int64_t w0 = s0 - (std::lower_bound(d, d + nd, s0) - d) + j0;
-      per_chunk[ch] = merge_chunk<I>(r, c, n_cols, div, d, nd, nl, s0, s1, j0, j1, w0, out_row.data_ptr<I>(),
-                                     out_col.data_ptr<I>(), source.data_ptr<I>(), views,
-                                     scratch[omp_get_thread_num()]);
+      per_chunk[ch] = merge_chunk<I>(cp, n_rows, c, n_cols, div, d, nd, nl, s0, s1, j0, j1, w0,
+                                     out_col.data_ptr<I>(), source.data_ptr<I>(), views, scratch[omp_get_thread_num()]);
     });
     for (int64_t v : per_chunk) collisions += v;
+    merged_row_pointers<I>(cp, n_rows, n_cols, d, nd, nl, nn, out_crow.data_ptr<I>());
   });
-  return {out_row, out_col, source, collisions, carried};
+  return {out_crow, out_col, source, collisions, carried};
 }
 
-// Transposed CSR of row-major (row, col) entries in one counting sort: (pairs, ccol), pairs the (nnz, 2)
-// (slot, row) of each entry in column-major order.
-std::tuple<torch::Tensor, torch::Tensor> transpose_csr(torch::Tensor row, torch::Tensor col, int64_t n_cols) {
-  check_common(row, col, "row");
-  TORCH_CHECK(row.numel() == col.numel(), "row and col must have the same length");
-  TORCH_CHECK(n_cols >= 0, "n_cols must be >= 0, got ", n_cols);
-  const int64_t nnz = col.numel();
+// Transposed CSR of a CSR in one counting sort: (pairs, ccol), pairs the (nnz, 2) (slot, row) of each entry
+// in column-major order.
+std::tuple<torch::Tensor, torch::Tensor> transpose_csr(torch::Tensor crow, torch::Tensor col, int64_t n_cols) {
+  check_common(crow, col, "crow");
+  TORCH_CHECK_VALUE(n_cols >= 0, "n_cols must be >= 0, got ", n_cols);
+  TORCH_CHECK_VALUE(crow.numel() >= 1, "crow must have at least one element");
+  const int64_t nnz = col.numel(), n_rows = crow.numel() - 1;
   auto pairs = torch::empty({nnz, 2}, col.options());
   auto ccol = torch::empty({n_cols + 1}, col.options());
   dispatch_index(col, [&](auto tag) {
     using I = decltype(tag);
-    counting_transpose<I>(col.data_ptr<I>(), nnz, n_cols, nullptr, ccol.data_ptr<I>(), row.data_ptr<I>(),
+    const I* cp = crow.data_ptr<I>();
+    check_row_pointers(cp, n_rows, nnz);
+    counting_transpose<I>(col.data_ptr<I>(), nnz, n_cols, nullptr, ccol.data_ptr<I>(), cp, n_rows,
                           reinterpret_cast<SlotRow<I>*>(pairs.data_ptr<I>()));
   });
   return {pairs, ccol};
@@ -1648,7 +1698,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sorted_uniform_draws", &sorted_uniform_draws, "m sorted uniform draws from [0, total), seeded");
   m.def("unique_difference", &unique_difference, "sorted unique values of a that are not in sorted b");
   m.def("select_k", &select_k, "ascending positions of the k largest/smallest scores, ties to the lower position");
-  m.def("merge_entries", &merge_entries, "kept entries merged with sorted new ones, payloads carried: (row, col, source, collisions, carried)");
+  m.def("merge_entries", &merge_entries, "kept CSR entries merged with sorted new ones, payloads carried: (crow, col, source, collisions, carried)");
   m.def("transpose_csr", &transpose_csr, "transposed CSR by counting sort: ((slot, row) pairs, ccol)");
   m.def("gather_or_zero", &gather_or_zero, "src[index], 0 where index < 0");
   m.def("coordinates_to_linear", &coordinates_to_linear, "(lin, all in range, strictly increasing)");

@@ -187,68 +187,76 @@ def select_k(scores: torch.Tensor, k: int, largest: bool = True, absolute: bool 
     return torch.sort(order).values
 
 
-def merge_entries(row: torch.Tensor, col: torch.Tensor, drop: torch.Tensor, new_lin: torch.Tensor, n_cols: int,
+def csr_rows(crow: torch.Tensor) -> torch.Tensor:
+    """The row of every entry of a CSR, in ``crow``'s dtype (what row pointers leave implicit)."""
+    return torch.repeat_interleave(torch.arange(crow.numel() - 1, dtype=crow.dtype, device=crow.device), crow.diff(),
+                                   output_size=int(crow[-1]))
+
+
+def merge_entries(crow: torch.Tensor, col: torch.Tensor, drop: torch.Tensor, new_lin: torch.Tensor, n_cols: int,
                   payloads: Sequence[torch.Tensor] = ()
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, list[torch.Tensor]]:
-    """Row-major entries (``row``, ``col``) minus the slots ``drop``, merged with the new linear indices.
+    """The entries of a CSR (``crow``, ``col``) minus the slots ``drop``, merged with new linear indices.
 
-    ``drop`` (int64 slots) and ``new_lin`` must be strictly increasing. Returns ``(row, col, source,
-    collisions, carried)``: the merged coordinates (dtype of ``row``), the old slot each new slot comes from
-    (-1 for a new entry), how many new entries equal a kept one (the result is invalid unless 0), and each
-    of ``payloads`` (1-D, one element per old entry: values, optimizer state) in the new slot order with 0
-    at new entries — carried in the merge itself, which saves one pass per payload.
+    ``drop`` (int64 slots) and ``new_lin`` must be strictly increasing. Returns ``(crow, col, source,
+    collisions, carried)``: the merged CSR (dtype of ``col``), the old slot each new slot comes from (-1 for
+    a new entry), how many new entries equal a kept one (the result is invalid unless 0), and each of
+    ``payloads`` (1-D, one element per old entry: values, optimizer state) in the new slot order with 0 at
+    new entries — carried in the merge itself, which saves one pass per payload.
     """
-    _check_index("row", row)
+    _check_index("crow", crow)
     _check_index("col", col)
     _check_lin("drop", drop)
     _check_lin("new_lin", new_lin)
     for t in payloads:
-        if t.ndim != 1 or t.numel() != row.numel():
-            raise ValueError(f"payloads must be 1-D with one element per entry ({row.numel()}), "
+        if t.ndim != 1 or t.numel() != col.numel():
+            raise ValueError(f"payloads must be 1-D with one element per entry ({col.numel()}), "
                              f"got shape {tuple(t.shape)}")
-    cpp = _cpp(row.device)
+    cpp = _cpp(col.device)
     if cpp is not None:
-        out_row, out_col, source, collisions, carried = cpp.merge_entries(
-            row, col, drop, new_lin, n_cols, [t.contiguous() for t in payloads])
-        return out_row, out_col, source, int(collisions), list(carried)
-    keep = torch.ones(row.numel(), dtype=torch.bool, device=row.device)
+        out_crow, out_col, source, collisions, carried = cpp.merge_entries(
+            crow, col, drop, new_lin, n_cols, [t.contiguous() for t in payloads])
+        return out_crow, out_col, source, int(collisions), list(carried)
+    keep = torch.ones(col.numel(), dtype=torch.bool, device=col.device)
     keep[drop] = False
     kept_src = torch.nonzero(keep).flatten()
-    kept_lin = (row.long() * n_cols + col.long())[kept_src]
+    kept_lin = (csr_rows(crow).long() * n_cols + col.long())[kept_src]
     k, n_kept = new_lin.numel(), kept_lin.numel()
     collisions = 0
     if k and n_kept:
         at = torch.searchsorted(kept_lin, new_lin).clamp(max=n_kept - 1)
         collisions = int((kept_lin[at] == new_lin).sum())
     # each element's merged slot is its own rank plus the number of elements of the other list before it
-    new_pos = torch.searchsorted(kept_lin, new_lin) + torch.arange(k, device=row.device)
-    kept_pos = torch.searchsorted(new_lin, kept_lin) + torch.arange(n_kept, device=row.device)
-    merged = torch.empty(n_kept + k, dtype=torch.int64, device=row.device)
+    new_pos = torch.searchsorted(kept_lin, new_lin) + torch.arange(k, device=col.device)
+    kept_pos = torch.searchsorted(new_lin, kept_lin) + torch.arange(n_kept, device=col.device)
+    merged = torch.empty(n_kept + k, dtype=torch.int64, device=col.device)
     merged[kept_pos] = kept_lin
     merged[new_pos] = new_lin
-    source = torch.full((n_kept + k,), -1, dtype=row.dtype, device=row.device)
-    source[kept_pos] = kept_src.to(row.dtype)
+    source = torch.full((n_kept + k,), -1, dtype=col.dtype, device=col.device)
+    source[kept_pos] = kept_src.to(col.dtype)
     carried = []
     for t in payloads:
         out = t.new_zeros(n_kept + k)
         out[kept_pos] = t[kept_src]
         carried.append(out)
-    return (merged // n_cols).to(row.dtype), (merged % n_cols).to(row.dtype), source, collisions, carried
+    out_crow = torch_ops.rows_to_crow((merged // n_cols).to(col.dtype), crow.numel() - 1)
+    return out_crow, (merged % n_cols).to(col.dtype), source, collisions, carried
 
 
-def transpose_csr(row: torch.Tensor, col: torch.Tensor, n_cols: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Transposed CSR of row-major entries: ``(perm, ccol, row_t)``, all of ``col``'s dtype.
+def transpose_csr(crow: torch.Tensor, col: torch.Tensor, n_cols: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Transposed CSR of a CSR: ``(perm, ccol, row_t)``, all of ``col``'s dtype.
 
-    ``perm[j]`` is the slot of the j-th entry in column-major order (stable), ``ccol`` the column pointers,
-    ``row_t[j] = row[perm[j]]``. C++: one counting sort that scatters the rows as it goes.
+    ``perm[j]`` is the slot of the j-th entry in column-major order (stable: rows ascending within a column),
+    ``ccol`` the column pointers, ``row_t[j]`` the row of that entry. C++: one counting sort that writes
+    (slot, row) pairs, so ``perm`` and ``row_t`` are the two columns of one (nnz, 2) tensor.
     """
-    _check_index("row", row)
+    _check_index("crow", crow)
     _check_index("col", col)
     cpp = _cpp(col.device)
     if cpp is not None:
-        return tuple(cpp.transpose_csr(row, col, n_cols))  # type: ignore[return-value]
+        return cpp.transpose_csr(crow, col, n_cols)
     perm, ccol = backend.implementation(col.device, torch.float32).transpose_order(col, n_cols)
-    return perm, ccol, row.index_select(0, perm)
+    return perm, ccol, csr_rows(crow).index_select(0, perm)
 
 
 def gather_or_zero(src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

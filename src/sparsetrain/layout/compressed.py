@@ -1,9 +1,11 @@
-"""Compressed storage: active values plus sorted coordinates, CSR row pointers and a transposed CSR.
+"""Compressed storage: active values in a CSR (row pointers and columns), plus a transposed CSR.
 
-Persistent state (what a checkpoint holds): ``values`` (the parameter), ``row`` and ``col`` in row-major
-order. Derived on every topology change and on load: ``crow`` (CSR row pointers), and the transposed
-CSR, built only when a backend asks for it (``transposed()``): ``ccol`` (column pointers), ``row_t`` (row of
-each entry in column-major order) and ``perm_t`` (its value slot). Nothing here is ever of size n_out × n_in.
+Persistent state (what a checkpoint holds): ``values`` (the parameter), ``crow`` (n_out + 1 row pointers)
+and ``col`` (one column per active weight, ascending within a row): 4 bytes of index per active weight
+with int32 indices. ``row`` (each entry's row) is derived on demand. Derived on every topology change:
+the transposed CSR, built only when a backend asks for it (``transposed()``): ``ccol`` (column pointers),
+``row_t`` (row of each entry in column-major order) and ``perm_t`` (its value slot). Nothing here is ever
+of size n_out × n_in.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import torch
 from torch import nn
 
 from ..kernels import linear_index, merge_entries, rows_to_crow, transpose_csr
+from ..kernels.topology import csr_rows
 from .base import GatherRemap, Layout, validate_drop_slots, validate_new_coordinates
 
 _INT32_LIMIT = 2**31 - 1
@@ -78,11 +81,9 @@ class CompressedLayout(Layout):
             raise ValueError(f"values must have shape {tuple(lin.shape)}, got {tuple(values.shape)}")
         self.values = nn.Parameter(values.detach().clone())
         idx = index_dtype_for(self.shape, lin.numel())
-        self.register_buffer("row", (lin // self.shape[1]).to(idx))
+        self.register_buffer("crow", rows_to_crow((lin // self.shape[1]).to(idx), self.shape[0]))
         self.register_buffer("col", (lin % self.shape[1]).to(idx))
-        self.register_buffer("crow", torch.empty(0, dtype=idx, device=lin.device), persistent=False)
         self._transposed: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-        self._rebuild()
 
     @classmethod
     def random(cls, shape: tuple[int, int], nnz: int, *, generator: torch.Generator | None = None,
@@ -99,6 +100,11 @@ class CompressedLayout(Layout):
     def parameter(self) -> nn.Parameter:
         return self.values
 
+    @property
+    def row(self) -> torch.Tensor:
+        """The row of each active entry (slot order), expanded from the row pointers on each call."""
+        return csr_rows(self.crow)
+
     def linear_indices(self) -> torch.Tensor:
         return linear_index(self.row, self.col, self.shape[1])
 
@@ -109,26 +115,26 @@ class CompressedLayout(Layout):
                 carry: Sequence[torch.Tensor] = ()) -> GatherRemap:
         """One merge of the kept (row, col) entries with the sorted new ones (O(nnz), in the index dtype)
         that also carries the values and ``carry``; nothing is changed when the input is rejected."""
-        drop = validate_drop_slots(drop_slots.to(self.row.device), self.nnz)
-        new_lin = validate_new_coordinates(new_coordinates.to(self.row.device), self.shape)
-        row, col = self.row, self.col
+        drop = validate_drop_slots(drop_slots.to(self.col.device), self.nnz)
+        new_lin = validate_new_coordinates(new_coordinates.to(self.col.device), self.shape)
+        crow, col = self.crow, self.col
         idx = index_dtype_for(self.shape, self.nnz - drop.numel() + new_lin.numel())
-        if idx != row.dtype:  # the merged entry count no longer fits int32
-            row, col = row.to(idx), col.to(idx)
+        if idx != col.dtype:  # the merged entry count no longer fits int32
+            crow, col = crow.to(idx), col.to(idx)
         for t in carry:
             if t.shape != self.values.shape:
                 raise ValueError(f"carry tensors must have the shape of the values {tuple(self.values.shape)}, "
                                  f"got {tuple(t.shape)}")
-        row, col, source, collisions, carried = merge_entries(row, col, drop, new_lin, self.shape[1],
-                                                              [self.values.data, *carry])
+        crow, col, source, collisions, carried = merge_entries(crow, col, drop, new_lin, self.shape[1],
+                                                               [self.values.data, *carry])
         if collisions:
             raise ValueError(f"new_coordinates includes positions that stay active ({collisions} of them)")
         remap = GatherRemap(source, carried=tuple(carried[1:]))
         with torch.no_grad():
             _swap_data(self.values, carried[0])
         self.values.grad = None
-        self.row, self.col = row, col
-        self._rebuild()
+        self.crow, self.col = crow, col
+        self._transposed = None  # rebuilt when next asked for
         return remap
 
     def to_dense(self) -> torch.Tensor:
@@ -137,11 +143,6 @@ class CompressedLayout(Layout):
         return dense
 
     # --- derived indices ----------------------------------------------------------------------------
-    def _rebuild(self) -> None:
-        """Recompute the CSR row pointers from (row, col); the transposed CSR is rebuilt when next asked for."""
-        self.crow = rows_to_crow(self.row, self.shape[0])
-        self._transposed = None
-
     def transposed(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(ccol, row_t, perm_t): the transposed CSR, built on first use after a topology change.
 
@@ -149,9 +150,9 @@ class CompressedLayout(Layout):
         layer) never builds it and holds 8 fewer bytes of indices per active weight.
         """
         cached = self._transposed
-        if cached is None or cached[0].device != self.row.device:
+        if cached is None or cached[0].device != self.col.device:
             # one O(nnz) counting sort on CPU gives the column order, the column pointers and the rows in it
-            perm_t, ccol, row_t = transpose_csr(self.row, self.col.to(self.row.dtype), self.shape[1])
+            perm_t, ccol, row_t = transpose_csr(self.crow, self.col, self.shape[1])
             cached = self._transposed = (ccol, row_t, perm_t)
         return cached
 
@@ -176,25 +177,34 @@ class CompressedLayout(Layout):
 
     def index_bytes(self) -> int:
         """Bytes of the index tensors held now (persistent, row pointers, and the transposed CSR if built)."""
-        held = (self.row, self.col, self.crow, *(self._transposed or ()))
+        held = (self.col, self.crow, *(self._transposed or ()))
         return sum(b.numel() * b.element_size() for b in held)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
-        # The number of active weights may differ from ours (global-scope methods move weights
-        # between layers): take the incoming sizes before the copy, then rebuild derived indices.
-        row, col, values = (state_dict.get(prefix + k) for k in ("row", "col", "values"))
-        if row is not None and col is not None and values is not None:
-            if not (row.shape == col.shape == values.shape and row.ndim == 1):
-                error_msgs.append(f"{prefix}: row, col and values must be 1-D of equal length")
+        # The number of active weights may differ from ours (global-scope methods move weights between
+        # layers): take the incoming sizes before the copy, then check the CSR. A checkpoint of the earlier
+        # (row, col) storage is converted.
+        if prefix + "row" in state_dict and prefix + "crow" not in state_dict:
+            state_dict[prefix + "crow"] = rows_to_crow(state_dict.pop(prefix + "row").contiguous(), self.shape[0])
+        crow, col, values = (state_dict.get(prefix + k) for k in ("crow", "col", "values"))
+        if crow is not None and col is not None and values is not None:
+            if not (col.shape == values.shape and col.ndim == 1 and crow.ndim == 1
+                    and crow.numel() == self.shape[0] + 1):
+                error_msgs.append(f"{prefix}: col and values must be 1-D of equal length and crow must have "
+                                  f"n_out + 1 = {self.shape[0] + 1} elements")
                 return
             _swap_data(self.values, self.values.data.new_empty(values.shape))
-            self.row = self.row.new_empty(row.shape, dtype=row.dtype)
+            self.crow = self.crow.new_empty(crow.shape, dtype=crow.dtype)
             self.col = self.col.new_empty(col.shape, dtype=col.dtype)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
-        if self.row.numel() and (int(self.row.max()) >= self.shape[0] or int(self.col.max()) >= self.shape[1]):
-            error_msgs.append(f"{prefix}: coordinates out of range for shape {self.shape}")
+        self._transposed = None
+        steps = self.crow.diff()
+        if int(self.crow[0]) != 0 or int(self.crow[-1]) != self.col.numel() or bool((steps < 0).any()):
+            error_msgs.append(f"{prefix}: crow must be non-decreasing from 0 to the number of entries")
             return
-        self._rebuild()
-
+        if self.col.numel():
+            lin = self.linear_indices()
+            if int(self.col.min()) < 0 or int(self.col.max()) >= self.shape[1] or bool((lin[1:] <= lin[:-1]).any()):
+                error_msgs.append(f"{prefix}: columns must lie in [0, {self.shape[1]}) and ascend within each row")
