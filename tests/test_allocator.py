@@ -1,4 +1,4 @@
-"""retain_freed_memory: glibc keeps freed blocks for reuse (no page faults the second time), bad input.
+"""retain_freed_memory: glibc keeps freed blocks for reuse (no page faults once the heap has settled), bad input.
 
 The settings are process-wide, so the behaviour is checked in a fresh interpreter (other tests measure
 memory in this one)."""
@@ -22,25 +22,29 @@ def touch():  # a 64 MiB block: above glibc's mmap threshold, so by default it i
     block.fill_(1)
     del block
 
-touch()  # the first time the heap grows: faults expected
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-touch()
-print(json.dumps({"retained": retained, "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}))
+for _ in range(3):  # the heap grows while small objects settle above the block: faults expected
+    touch()
+faults = []
+for _ in range(2):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    touch()
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({"retained": retained, "faults": max(faults)}))
 """
 
 
-def _second_touch_faults(mode: str) -> dict:
+def _steady_touch_faults(mode: str) -> dict:
     out = subprocess.run([sys.executable, "-c", _PROBE, mode], capture_output=True, text=True, check=True, timeout=120)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_freed_blocks_are_reused_without_page_faults():
     pages = (64 << 20) // 4096
-    retained = _second_touch_faults("retain")
+    retained = _steady_touch_faults("retain")
     if not retained["retained"]:
         pytest.skip("not glibc: nothing to retain")
     assert retained["faults"] < pages // 10
-    assert _second_touch_faults("default")["faults"] > pages // 2  # what the setting saves
+    assert _steady_touch_faults("default")["faults"] > pages // 2  # what the setting saves
 
 
 def test_rejects_a_bad_size():
