@@ -23,16 +23,14 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4  # most blocks served by mmap at once; 0: none (the heap serves all; glibc still falls back
 #                  to mmap when the heap cannot grow)
 
-_retained = False
-
 
 def retain_freed_memory(keep_bytes: int = 1 << 30) -> bool:
-    """Have glibc serve all blocks from the heap and keep up to ``keep_bytes`` of free heap top mapped.
+    """Have glibc serve all blocks from the heap and keep up to ``keep_bytes`` of free heap top mapped
+    (at most 2 GiB − 1: glibc takes the threshold as an int).
 
     Returns whether the settings are in effect: False where the C library is not glibc (other allocators
     have their own caching; nothing is changed). Calling it again is harmless.
     """
-    global _retained
     if not isinstance(keep_bytes, int) or isinstance(keep_bytes, bool) or keep_bytes < 0:
         raise ValueError(f"keep_bytes must be an integer >= 0, got {keep_bytes!r}")
     try:
@@ -43,10 +41,4 @@ def retain_freed_memory(keep_bytes: int = 1 << 30) -> bool:
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     keep = min(keep_bytes, 2**31 - 1)
-    _retained = bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, keep))
-    return _retained
-
-
-def freed_memory_retained() -> bool:
-    """Whether :func:`retain_freed_memory` is in effect in this process."""
-    return _retained
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, keep))
