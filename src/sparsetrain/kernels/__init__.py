@@ -20,6 +20,7 @@ from . import cpp_ext, torch_ops
 from .linear import Transposed, sparse_linear
 from .topology import (
     coordinates_to_linear,
+    csr_rows,
     csr_linear,
     gather_or_zero,
     linear_index,
@@ -38,7 +39,7 @@ __all__ = ["spmm", "spmm_transposed", "sddmm", "sddmm_coo", "feature_major", "sp
            "KernelUnavailableError", "KernelFallbackWarning",
            # topology operations (topology.py)
            "linear_index", "linear_to_csr", "sorted_uniform_draws", "unique_difference", "select_k", "merge_entries",
-           "transpose_csr", "gather_or_zero", "coordinates_to_linear", "order_check", "sample_and_score", "csr_linear"]
+           "transpose_csr", "gather_or_zero", "coordinates_to_linear", "order_check", "sample_and_score", "csr_linear", "csr_rows"]
 
 _INDEX_DTYPES = (torch.int32, torch.int64)
 

@@ -447,9 +447,9 @@ torch::Tensor sddmm(torch::Tensor crow_or_rows, torch::Tensor col, torch::Tensor
 
 // Stable counting sort of col: perm lists entry ids in column-major order, ccol are the column pointers.
 // Per-thread histograms over contiguous entry ranges keep it stable and parallel: O(nnz + T * n_cols).
-// With row_in and `pairs` instead of perm, it writes (slot, row) pairs: the transposed CSR with its rows,
-// one store stream per column instead of two (the scatter misses L2 on nearly every store): 19 -> 13 ms
-// at n = 16384, 98 %, and the input-gradient SpMM reads the pairs as one stream.
+// Given `pairs` (and the row pointers `crow`) instead of `pm`, it writes (slot, row) pairs: the transposed
+// CSR with its rows, one store stream per column instead of two (the scatter misses L2 on nearly every
+// store): 19 -> 13 ms at n = 16384, 98 %, and the input-gradient SpMM reads the pairs as one stream.
 template <typename I>
 struct SlotRow {
   I slot, row;

@@ -14,8 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..kernels import linear_index, merge_entries, rows_to_crow, transpose_csr
-from ..kernels.topology import csr_rows
+from ..kernels import csr_rows, linear_index, merge_entries, rows_to_crow, transpose_csr
 from .base import GatherRemap, Layout, validate_drop_slots, validate_new_coordinates
 
 _INT32_LIMIT = 2**31 - 1
