@@ -265,7 +265,7 @@ def run_scaling(args: argparse.Namespace) -> dict:
         for n in widths:
             layer = make_layer(n, nnz=fan_in * n)
             with kernel_backend(b):
-                t = timed(layer_step(layer, n), 2 if args.quick else 5)
+                t = timed(layer_step(layer, n), 2 if args.quick else args.repeats)
             rows.append({"backend": b, "n": n, "nnz": fan_in * n, **t,
                          "ns_per_connection": t["median_s"] / (fan_in * n) * 1e9})
             print(f"{b} n={n} {t['median_s'] * 1e3:.1f} ms", flush=True)
@@ -325,6 +325,12 @@ def run_mlp(args: argparse.Namespace) -> dict:
 COMMANDS = {"layer": run_layer, "scaling": run_scaling, "mlp": run_mlp}
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sparsetrain bench", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -334,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--out", default=None, help=f"JSON path (default {RESULTS_DIR}/<name>.json)")
         if name == "layer":
             p.add_argument("--no-memory", action="store_true", help="skip the per-case memory subprocesses")
+        if name == "scaling":
+            p.add_argument("--repeats", type=_positive_int, default=5, help="timed steps per width (median reported)")
     mem = sub.add_parser("_memory")  # internal: one memory case, run in a fresh process
     mem.add_argument("n", type=int)
     mem.add_argument("sparsity")

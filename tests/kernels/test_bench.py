@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from sparsetrain import bench
 
 
@@ -54,3 +56,9 @@ def test_kernel_bench_quick(tmp_path, monkeypatch):
     rows = json.loads(out.read_text())["rows"]
     assert [(r["n_out"], r["fan_in"]) for r in rows] == [(512, 16), (1024, 64)]
     assert all(r["spmm_ns"] > 0 and r["grad_input_ns"] > 0 and r["sddmm_ns"] > 0 for r in rows)
+
+
+def test_scaling_repeats_must_be_positive(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["scaling", "--repeats", "0"])
+    assert "--repeats: must be a whole number >= 1, got '0'" in capsys.readouterr().err

@@ -116,13 +116,16 @@ def test_cpp_spmm_permuted_reads_values_through_perm(monkeypatch):
         cpp_ext.spmm_permuted(m.ccol, m.row_t, m.values, m.perm_t[:-1], gy)
 
 
-@pytest.mark.parametrize("block", ["1", "3", "37"])
-def test_cpp_column_blocked_walk_matches_dense(monkeypatch, block):
-    """Forced column blocks (the row walk of cpu_kernels.cpp's for_row_segments): every case, several batch
-    widths (a partial tile included), more rows than one row tile, and the prefetch path switched on."""
+@pytest.mark.parametrize("block, sweep", [("1", "0"), ("3", "0"), ("37", "0"), ("0", "1"), ("0", "29"),
+                                          ("3", "7"), ("37", "100")])
+def test_cpp_column_blocked_walk_matches_dense(monkeypatch, block, sweep):
+    """Forced column blocks (for_row_segments) and L3 sweeps (passes over all rows, for_row_chunks), alone
+    and nested: every case, several batch widths (a partial tile, and more than one tile, included), more
+    rows than one row tile, and the prefetch path switched on where no sweep turns it off."""
     cpp_ext = pytest.importorskip("sparsetrain.kernels.cpp_ext")
     monkeypatch.setenv(backend.ENV_VAR, "cpp")
     monkeypatch.setattr(cpp_ext, "COLUMN_BLOCK", block)
+    monkeypatch.setattr(cpp_ext, "SWEEP", sweep)
     monkeypatch.setattr(cpp_ext, "L3_BYTES", 0)  # prefetch on for every size
     cases = [*CASES, (700, 500, 60000, 3, 7)]
     for seed, (case, R) in enumerate((c, r) for c in cases for r in (1, 17, 300)):
@@ -150,6 +153,27 @@ def test_cpp_column_block_policy():
     assert cpp_ext.column_block(64, crow_of(4096), 512) == 0  # the whole operand fits half of L2
 
 
+def test_cpp_sweep_policy():
+    """L3 sweeps only beyond half of L3: passes whose slice takes a quarter of L3 while rows keep 16 entries
+    per pass, else half of L3 while they keep 4, else none; a sweep turns the prefetch off; the permuted
+    walk (input gradient) sweeps only when forced."""
+    cpp_ext = pytest.importorskip("sparsetrain.kernels.cpp_ext")
+    quarter, half = cpp_ext.L3_BYTES // 4 // 512, cpp_ext.L3_BYTES // 2 // 512  # columns of 512-byte rows
+    crow_of = lambda n_rows, fan: torch.arange(0, (n_rows + 1) * fan, fan, dtype=torch.int64)  # noqa: E731
+    assert cpp_ext.sweep_columns(half, crow_of(100, 10**6), 512) == 0  # the operand fits half of L3: one pass
+    n = 8 * half  # 4x L3: 16 quarter passes or 8 half passes
+    assert cpp_ext.sweep_columns(n, crow_of(100, 16 * 16), 512) == quarter
+    assert cpp_ext.sweep_columns(n, crow_of(100, 16 * 16 - 1), 512) == half
+    assert cpp_ext.sweep_columns(n, crow_of(100, 4 * 8), 512) == half
+    assert cpp_ext.sweep_columns(n, crow_of(100, 4 * 8 - 1), 512) == 0
+    big = torch.zeros(n, 128)  # the gathered operand, 512-byte rows
+    tile, prefetch, _, sweep = cpp_ext.walk_plan(crow_of(100, 64), big)
+    assert (tile, prefetch, sweep) == (512, 0, half)
+    _, prefetch, _, sweep = cpp_ext.walk_plan(crow_of(100, 1), big)
+    assert (prefetch, sweep) == (cpp_ext.PREFETCH, 0)
+    assert cpp_ext.walk_plan(crow_of(100, 64), big, permuted=True)[1:] == (cpp_ext.PREFETCH, 0, 0)
+
+
 def test_feature_major_copies_once_or_not_at_all(backend_name):
     x = dense_fm(37, 300, seed=30, dtype=torch.float32)  # (R=37, n=300) batch-major
     fm = kernels.feature_major(x)
@@ -168,10 +192,13 @@ def test_leaf_input_gets_a_batch_major_gradient(backend_name):
     torch.testing.assert_close(x.grad, torch.ones(5, 9, dtype=torch.float64) @ m.dense(), rtol=1e-12, atol=1e-12)
 
 
-def test_bad_column_block_setting_names_the_variable(monkeypatch):
+def test_bad_walk_settings_name_the_variable(monkeypatch):
     cpp_ext = pytest.importorskip("sparsetrain.kernels.cpp_ext")
     from sparsetrain.errors import ConfigError
 
     monkeypatch.setattr(cpp_ext, "COLUMN_BLOCK", "big")
     with pytest.raises(ConfigError, match="SPARSETRAIN_CPU_COLUMN_BLOCK='big': allowed are 'auto' or a number"):
         cpp_ext.column_block(100, torch.tensor([0, 5]), 512)
+    monkeypatch.setattr(cpp_ext, "SWEEP", "-3")
+    with pytest.raises(ConfigError, match="SPARSETRAIN_CPU_SWEEP='-3': allowed are 'auto' or a number of columns"):
+        cpp_ext.sweep_columns(100, torch.tensor([0, 5]), 512)

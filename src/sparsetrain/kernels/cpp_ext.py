@@ -37,6 +37,15 @@ PREFETCH = int(os.environ.get("SPARSETRAIN_CPU_PREFETCH", 16))
 # block (0: never block).
 COLUMN_BLOCK = os.environ.get("SPARSETRAIN_CPU_COLUMN_BLOCK", "auto")
 MIN_SEGMENT = 64  # entries per row and block below which the per-segment overhead outweighs the L2 reuse
+# L3 sweeps of the row walk (cpu_kernels.cpp, for_row_chunks): once the gathered operand outgrows half of L3,
+# "auto" walks all rows once per block of columns whose slice of the operand is L3-resident (and turns the
+# prefetch off): slices of a quarter of L3 while rows keep 16 entries per pass, else of half of L3 while
+# they keep 4 (each pass re-reads every row's output or left operand once, so short segments cost more than
+# the hits gain). An integer forces the columns per pass (0: one pass). "auto" does not sweep the input
+# gradient, whose values are read through perm (random reads over the pass's share of the values compete
+# with the slice for L3): measured slower at 65536, mixed at 131072 and 262144 (docs/kernels.md).
+SWEEP = os.environ.get("SPARSETRAIN_CPU_SWEEP", "auto")
+SWEEP_SLICES = ((4, 16), (2, 4))  # (L3 fraction 1/k of a pass's slice, entries per row and pass it needs)
 
 _lock = threading.Lock()
 _module: ModuleType | None = None
@@ -122,32 +131,67 @@ def prefetch_distance(dense_fm: torch.Tensor) -> int:
     return PREFETCH if dense_fm.numel() * dense_fm.element_size() > L3_BYTES // 2 else 0
 
 
+def _forced(name: str, value: str, unit: str) -> int | None:
+    """The integer an 'auto'-or-number environment setting forces, None for 'auto'."""
+    if value == "auto":
+        return None
+    if not value.isdigit():
+        raise ConfigError(f"{name}={value!r}: allowed are 'auto' or a number of {unit} (0: off)")
+    return int(value)
+
+
+def _fan(crow: torch.Tensor) -> int:
+    n_rows = crow.numel() - 1
+    return int(crow[-1]) // n_rows if n_rows > 0 else 0
+
+
 def column_block(n_cols: int, crow: torch.Tensor, tile: int) -> int:
     """Columns per block for the row walk, 0 for none: enough blocks that one block's slice of the gathered
     operand (n_cols rows of `tile` bytes) takes at most half of L2, as long as each row still has
     MIN_SEGMENT entries per block and the slice fits L2 whole."""
-    if COLUMN_BLOCK != "auto":
-        if not COLUMN_BLOCK.isdigit():
-            raise ConfigError(f"SPARSETRAIN_CPU_COLUMN_BLOCK={COLUMN_BLOCK!r}: allowed are 'auto' or a number of "
-                              "columns per block (0: no blocking)")
-        return int(COLUMN_BLOCK)
+    forced = _forced("SPARSETRAIN_CPU_COLUMN_BLOCK", COLUMN_BLOCK, "columns per block")
+    if forced is not None:
+        return forced
     footprint = n_cols * tile
     wanted = -(-footprint // (L2_BYTES // 2))
-    n_rows = crow.numel() - 1
-    fan = int(crow[-1]) // n_rows if n_rows > 0 else 0
-    blocks = min(wanted, fan // MIN_SEGMENT)
+    blocks = min(wanted, _fan(crow) // MIN_SEGMENT)
     if blocks < 2 or footprint > blocks * L2_BYTES:
         return 0
     return -(-n_cols // blocks)
+
+
+def sweep_columns(n_cols: int, crow: torch.Tensor, tile: int) -> int:
+    """Columns per L3 pass of the row walk, 0 for a single pass: when the gathered operand (n_cols rows of
+    `tile` bytes) exceeds half of L3, the first of SWEEP_SLICES whose passes leave every row enough entries."""
+    forced = _forced("SPARSETRAIN_CPU_SWEEP", SWEEP, "columns per pass")
+    if forced is not None:
+        return forced
+    if n_cols * tile <= L3_BYTES // 2:
+        return 0
+    fan = _fan(crow)
+    for fraction, min_entries in SWEEP_SLICES:
+        columns = max(1, L3_BYTES // fraction // tile)
+        if fan >= min_entries * -(-n_cols // columns):
+            return columns
+    return 0
+
+
+def walk_plan(crow: torch.Tensor, gathered_fm: torch.Tensor, permuted: bool = False) -> tuple[int, int, int, int]:
+    """(tile bytes, prefetch distance, column block, sweep columns) for a row walk over `crow` that gathers
+    rows of `gathered_fm` (`permuted`: reading its values through a permutation, never swept unless forced):
+    the prefetch only when the operand is beyond L3 and not swept through it."""
+    tile = tile_bytes(gathered_fm.shape[1], gathered_fm.element_size())
+    n_cols = gathered_fm.shape[0]
+    sweep = sweep_columns(n_cols, crow, tile) if not permuted or SWEEP != "auto" else 0
+    return tile, 0 if sweep else prefetch_distance(gathered_fm), column_block(n_cols, crow, tile), sweep
 
 
 def spmm(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, dense_fm: torch.Tensor,
          n_cols: int) -> torch.Tensor:
     """(n_rows, R) = CSR(n_rows x n_cols) @ dense_fm (n_cols, R)."""
     dense_fm = dense_fm.contiguous()
-    tile = tile_bytes(dense_fm.shape[1], dense_fm.element_size())
-    return load().spmm(crow.contiguous(), col.contiguous(), values.contiguous(), dense_fm, None, tile,
-                       prefetch_distance(dense_fm), column_block(dense_fm.shape[0], crow, tile), False)
+    return load().spmm(crow.contiguous(), col.contiguous(), values.contiguous(), dense_fm, None,
+                       *walk_plan(crow, dense_fm), False)
 
 
 def spmm_permuted(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, perm: torch.Tensor,
@@ -158,14 +202,12 @@ def spmm_permuted(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, p
     the kernel then reads them as one stream of pairs.
     """
     dense_fm = dense_fm.contiguous()
-    tile = tile_bytes(dense_fm.shape[1], dense_fm.element_size())
-    block = column_block(dense_fm.shape[0], crow, tile)
+    plan = walk_plan(crow, dense_fm, permuted=True)
     pairs = _pairs_of(perm, col)
     if pairs is not None:
-        return load().spmm(crow.contiguous(), pairs, values.contiguous(), dense_fm, None, tile,
-                           prefetch_distance(dense_fm), block, True)
-    return load().spmm(crow.contiguous(), col.contiguous(), values.contiguous(), dense_fm, perm.contiguous(), tile,
-                       prefetch_distance(dense_fm), block, False)
+        return load().spmm(crow.contiguous(), pairs, values.contiguous(), dense_fm, None, *plan, True)
+    return load().spmm(crow.contiguous(), col.contiguous(), values.contiguous(), dense_fm, perm.contiguous(),
+                       *plan, False)
 
 
 def _pairs_of(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor | None:
@@ -184,9 +226,8 @@ def transposed_contiguous(t: torch.Tensor) -> torch.Tensor:
 def sddmm(crow: torch.Tensor, col: torch.Tensor, left_fm: torch.Tensor, right_fm: torch.Tensor) -> torch.Tensor:
     """out[j] = <left_fm[row_j], right_fm[col_j]> at CSR coordinates."""
     right_fm = right_fm.contiguous()
-    tile = tile_bytes(right_fm.shape[1], right_fm.element_size())
-    return load().sddmm(crow.contiguous(), col.contiguous(), left_fm.contiguous(), right_fm, False, tile,
-                        prefetch_distance(right_fm), column_block(right_fm.shape[0], crow, tile))
+    return load().sddmm(crow.contiguous(), col.contiguous(), left_fm.contiguous(), right_fm, False,
+                        *walk_plan(crow, right_fm))
 
 
 def sddmm_coo(rows: torch.Tensor, cols: torch.Tensor, left_fm: torch.Tensor, right_fm: torch.Tensor) -> torch.Tensor:
@@ -196,7 +237,7 @@ def sddmm_coo(rows: torch.Tensor, cols: torch.Tensor, left_fm: torch.Tensor, rig
     if cols.dtype != rows.dtype:
         cols = cols.to(rows.dtype)
     return load().sddmm(rows.contiguous(), cols.contiguous(), left_fm.contiguous(), right_fm, True, tile,
-                        prefetch_distance(right_fm), 0)
+                        prefetch_distance(right_fm), 0, 0)
 
 
 def transpose_order(col: torch.Tensor, n_cols: int) -> tuple[torch.Tensor, torch.Tensor]:

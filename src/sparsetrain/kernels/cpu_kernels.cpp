@@ -5,8 +5,9 @@
 //
 // Locality: the batch dimension is processed in tiles of W elements (at most 512 bytes) held in named SIMD
 // registers (Tile); long rows are walked block of columns by block of columns so a block of the gathered
-// operand stays in L2 (for_row_segments); the gathered rows are software-prefetched a fixed number of
-// entries ahead once that operand no longer fits in L3 (the Python side decides both, cpp_ext.py).
+// operand stays in L2 (for_row_segments); once that operand outgrows L3, either all rows are walked once
+// per slice of columns that fits L3 (an L3 sweep, for_row_chunks) or the gathered rows are software-
+// prefetched a fixed number of entries ahead (the Python side decides, cpp_ext.walk_plan).
 // (Narrower batch tiles were measured and lost everywhere: see docs/kernels.md.)
 //
 // Parallelism: SpMM and CSR SDDMM split rows into chunks of equal (nnz + rows) cost, COO SDDMM splits
@@ -158,21 +159,36 @@ constexpr int64_t kTileRows = 256;
 constexpr int64_t kValuePrefetch = 32;  // entries ahead for values read through a permutation
 constexpr int64_t kNoLimit = std::numeric_limits<int64_t>::max();
 
+// One pass of the row walk over the columns [begin, end) (end >= n_cols: to the end of every row). A whole
+// walk is one pass; an L3 sweep (for_row_chunks) makes one pass per block of columns over all rows, each
+// row resuming where the last pass left it (cursor, one per row; nullptr: a single pass from crow).
+struct Pass {
+  int64_t begin = 0, end = kNoLimit;
+  int64_t* cursor = nullptr;
+};
+
 template <typename I, typename F>
-void for_row_segments(const I* crow, int64_t row_begin, int64_t row_end, int64_t n_cols, int64_t block, F&& seg) {
-  if (block <= 0 || block >= n_cols) {
-    for (int64_t i = row_begin; i < row_end; ++i) seg(i, static_cast<int64_t>(crow[i]), static_cast<int64_t>(crow[i + 1]), kNoLimit, true);
+void for_row_segments(const I* crow, int64_t row_begin, int64_t row_end, int64_t n_cols, int64_t block,
+                      const Pass& pass, F&& seg) {
+  const bool fresh = pass.begin == 0;
+  auto start = [&](int64_t i) { return fresh ? static_cast<int64_t>(crow[i]) : pass.cursor[i]; };
+  auto stop = [&](int64_t i, int64_t p) { if (pass.cursor != nullptr) pass.cursor[i] = p; };
+  const int64_t end = std::min(pass.end, n_cols);
+  if (block <= 0 || pass.begin + block >= end) {
+    const int64_t limit = end >= n_cols ? kNoLimit : end;
+    for (int64_t i = row_begin; i < row_end; ++i) stop(i, seg(i, start(i), static_cast<int64_t>(crow[i + 1]), limit, fresh));
     return;
   }
   int64_t cursor[kTileRows];
   for (int64_t tb = row_begin; tb < row_end; tb += kTileRows) {
     const int64_t te = std::min(tb + kTileRows, row_end);
-    for (int64_t i = tb; i < te; ++i) cursor[i - tb] = crow[i];
-    for (int64_t limit = block; limit - block < n_cols; limit += block) {
-      const bool first = limit == block;
-      const int64_t lim = limit >= n_cols ? kNoLimit : limit;
+    for (int64_t i = tb; i < te; ++i) cursor[i - tb] = start(i);
+    for (int64_t limit = pass.begin + block; limit - block < end; limit += block) {
+      const bool first = fresh && limit == block;
+      const int64_t lim = limit >= end ? (end >= n_cols ? kNoLimit : end) : limit;
       for (int64_t i = tb; i < te; ++i) cursor[i - tb] = seg(i, cursor[i - tb], static_cast<int64_t>(crow[i + 1]), lim, first);
     }
+    for (int64_t i = tb; i < te; ++i) stop(i, cursor[i - tb]);
   }
 }
 
@@ -184,7 +200,8 @@ void for_row_segments(const I* crow, int64_t row_begin, int64_t row_end, int64_t
 // CSR as its build leaves it).
 template <typename T, typename I, int W, int S>
 void spmm_rows(const I* crow, const I* col, const T* val, const I* perm, const T* x, T* out, int64_t R, int64_t r0,
-               int64_t w, int64_t row_begin, int64_t row_end, int64_t n_cols, int64_t block, int64_t prefetch) {
+               int64_t w, int64_t row_begin, int64_t row_end, int64_t n_cols, int64_t block, const Pass& pass,
+               int64_t prefetch) {
   const int64_t last = crow[row_end];
   auto column = [&](int64_t p) { return static_cast<int64_t>(col[p * S]); };
   auto value = [&](int64_t p) {
@@ -192,7 +209,7 @@ void spmm_rows(const I* crow, const I* col, const T* val, const I* perm, const T
     if (p + kValuePrefetch < last) __builtin_prefetch(val + perm[(p + kValuePrefetch) * S], 0, 1);
     return val[perm[p * S]];
   };
-  for_row_segments(crow, row_begin, row_end, n_cols, block,
+  for_row_segments(crow, row_begin, row_end, n_cols, block, pass,
                    [&](int64_t i, int64_t p, int64_t end, int64_t limit, bool first) {
     T* o = out + i * R + r0;
     if (w == W) {
@@ -215,26 +232,36 @@ void spmm_rows(const I* crow, const I* col, const T* val, const I* perm, const T
   });
 }
 
-// f(r0, w, row_begin, row_end) for every batch tile [r0, r0 + w) of width W and every chunk of rows of equal
-// (entries + rows) cost, the chunks of one tile handed out dynamically to the team.
+// f(r0, w, row_begin, row_end, pass) for every batch tile [r0, r0 + w) of width W and every chunk of rows of
+// equal (entries + rows) cost, the chunks of one tile handed out dynamically to the team. sweep > 0: the
+// columns are walked in passes of `sweep` columns, each over all rows (an L3 sweep: the pass's slice of the
+// gathered operand stays in L3 while every row that uses it is served, and the rows' own operand is
+// streamed once per pass instead of each entry fetching a random row from DRAM).
 template <int W, typename I, typename F>
-void for_row_chunks(const I* crow, int64_t n_rows, int64_t R, F&& f) {
+void for_row_chunks(const I* crow, int64_t n_rows, int64_t R, int64_t n_cols, int64_t sweep, F&& f) {
   const int nt = team_size(static_cast<int64_t>(crow[n_rows]) * R);
   const int64_t n_chunks = std::max<int64_t>(1, std::min<int64_t>(n_rows, int64_t(nt) * kChunksPerThread));
   const std::vector<int64_t> bounds = balanced_row_chunks(crow, n_rows, n_chunks);
+  const bool sweeping = sweep > 0 && sweep < n_cols;
+  std::vector<int64_t> cursor(sweeping ? n_rows : 0);
+  const int64_t step = sweeping ? sweep : std::max<int64_t>(n_cols, 1);
 #pragma omp parallel num_threads(nt)
   for (int64_t r0 = 0; r0 < R; r0 += W) {
     const int64_t w = std::min<int64_t>(W, R - r0);
+    for (int64_t begin = 0; begin < n_cols || begin == 0; begin += step) {
+      const Pass pass{begin, sweeping ? begin + step : kNoLimit, sweeping ? cursor.data() : nullptr};
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t c = 0; c < n_chunks; ++c) f(r0, w, bounds[c], bounds[c + 1]);
+      for (int64_t c = 0; c < n_chunks; ++c) f(r0, w, bounds[c], bounds[c + 1], pass);
+    }
   }
 }
 
 template <typename T, typename I, int W, int S>
 void spmm_impl(const I* crow, const I* col, const T* val, const I* perm, const T* x, T* out, int64_t n_rows,
-               int64_t R, int64_t n_cols, int64_t block, int64_t prefetch) {
-  for_row_chunks<W>(crow, n_rows, R, [&](int64_t r0, int64_t w, int64_t row_begin, int64_t row_end) {
-    spmm_rows<T, I, W, S>(crow, col, val, perm, x, out, R, r0, w, row_begin, row_end, n_cols, block, prefetch);
+               int64_t R, int64_t n_cols, int64_t block, int64_t sweep, int64_t prefetch) {
+  for_row_chunks<W>(crow, n_rows, R, n_cols, sweep,
+                    [&](int64_t r0, int64_t w, int64_t row_begin, int64_t row_end, const Pass& pass) {
+    spmm_rows<T, I, W, S>(crow, col, val, perm, x, out, R, r0, w, row_begin, row_end, n_cols, block, pass, prefetch);
   });
 }
 
@@ -266,10 +293,11 @@ int64_t sddmm_run(const T* a, const I* col, const T* right, T* out, int64_t R, i
 
 template <typename T, typename I, int W>
 void sddmm_csr_impl(const I* crow, int64_t n_rows, const I* col, const T* left, const T* right, T* out,
-                    int64_t R, int64_t n_cols, int64_t block, int64_t prefetch) {
-  for_row_chunks<W>(crow, n_rows, R, [&](int64_t r0, int64_t w, int64_t row_begin, int64_t row_end) {
+                    int64_t R, int64_t n_cols, int64_t block, int64_t sweep, int64_t prefetch) {
+  for_row_chunks<W>(crow, n_rows, R, n_cols, sweep,
+                    [&](int64_t r0, int64_t w, int64_t row_begin, int64_t row_end, const Pass& pass) {
     const int64_t last = crow[row_end];
-    for_row_segments(crow, row_begin, row_end, n_cols, block,
+    for_row_segments(crow, row_begin, row_end, n_cols, block, pass,
                      [&](int64_t i, int64_t p, int64_t end, int64_t limit, bool) {
       return sddmm_run<T, I, W>(left + i * R + r0, col, right + r0, out, R, w, r0 > 0, p, end, limit, last, prefetch);
     });
@@ -359,7 +387,7 @@ void dispatch_index(const torch::Tensor& col, F&& f) {
 // an (nnz, 2) tensor of (perm, column) pairs (the transposed CSR as transpose_csr builds it).
 torch::Tensor spmm(torch::Tensor crow, torch::Tensor col, torch::Tensor values, torch::Tensor x_fm,
                    c10::optional<torch::Tensor> perm, int64_t tile_bytes, int64_t prefetch, int64_t col_block,
-                   bool pairs) {
+                   int64_t sweep, bool pairs) {
   check_dense(x_fm, "dense_fm");
   TORCH_CHECK(values.dim() == 1 && values.is_contiguous() && values.scalar_type() == x_fm.scalar_type(),
               "values must be 1-D contiguous with the dtype of dense_fm");
@@ -392,10 +420,10 @@ torch::Tensor spmm(torch::Tensor crow, torch::Tensor col, torch::Tensor values, 
         constexpr int W = decltype(wc)::value;
         if (pairs)
           spmm_impl<T, I, W, 2>(crow.data_ptr<I>(), c + 1, values.data_ptr<T>(), c, x_fm.data_ptr<T>(),
-                                out.data_ptr<T>(), n_rows, R, x_fm.size(0), col_block, prefetch);
+                                out.data_ptr<T>(), n_rows, R, x_fm.size(0), col_block, sweep, prefetch);
         else
           spmm_impl<T, I, W, 1>(crow.data_ptr<I>(), c, values.data_ptr<T>(), perm.has_value() ? perm->data_ptr<I>() : nullptr,
-                                x_fm.data_ptr<T>(), out.data_ptr<T>(), n_rows, R, x_fm.size(0), col_block, prefetch);
+                                x_fm.data_ptr<T>(), out.data_ptr<T>(), n_rows, R, x_fm.size(0), col_block, sweep, prefetch);
       });
     });
   });
@@ -414,7 +442,7 @@ torch::Tensor transpose(torch::Tensor src) {
 }
 
 torch::Tensor sddmm(torch::Tensor crow_or_rows, torch::Tensor col, torch::Tensor left_fm, torch::Tensor right_fm,
-                    bool coo, int64_t tile_bytes, int64_t prefetch, int64_t col_block) {
+                    bool coo, int64_t tile_bytes, int64_t prefetch, int64_t col_block, int64_t sweep) {
   check_common(crow_or_rows, col, coo ? "rows" : "crow");
   check_dense(left_fm, "left_fm");
   check_dense(right_fm, "right_fm");
@@ -438,7 +466,7 @@ torch::Tensor sddmm(torch::Tensor crow_or_rows, torch::Tensor col, torch::Tensor
                                   out.data_ptr<T>(), nnz, R, prefetch);
         else
           sddmm_csr_impl<T, I, W>(idx, n_rows, col.data_ptr<I>(), left_fm.data_ptr<T>(), right_fm.data_ptr<T>(),
-                                  out.data_ptr<T>(), R, right_fm.size(0), col_block, prefetch);
+                                  out.data_ptr<T>(), R, right_fm.size(0), col_block, sweep, prefetch);
       });
     });
   });
