@@ -39,7 +39,7 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     rows = []
     print(f"{'n_out':>7} {'n_in':>7} {'fan-in':>6} {'operand MiB':>11} {'block':>6} "
-          f"{'SpMM':>6} {'grad-in':>7} {'SDDMM':>6}   (ns per active weight)")
+          f"{'sweep':>6} {'SpMM':>6} {'grad-in':>7} {'SDDMM':>6}   (ns per active weight)")
     for n_out, n_in, fan in QUICK if args.quick else CASES:
         layout = CompressedLayout.random((n_out, n_in), n_out * fan, generator=gen)
         values = torch.randn(layout.nnz, generator=gen)
@@ -49,14 +49,15 @@ def main() -> None:
         per_weight = 1e9 / layout.nnz
         row = {
             "n_out": n_out, "n_in": n_in, "fan_in": fan, "nnz": layout.nnz,
-            "operand_mib": n_in * 128 * 4 / 2**20, "column_block": cpp_ext.column_block(n_in, crow, 512),
+            "operand_mib": n_in * 128 * 4 / 2**20, "column_block": cpp_ext.column_block(n_in, fan, 512),
+            "sweep_columns": cpp_ext.sweep_columns(n_in, fan, 512),  # SpMM and SDDMM (the input gradient: none)
             "spmm_ns": per_weight * median_seconds(lambda: cpp_ext.spmm(crow, col, values, x_fm, n_in), args.repeats),
             "grad_input_ns": per_weight * median_seconds(
                 lambda: kernels.spmm_transposed(crow, col, values, gy_fm, n_in, transposed), args.repeats),
             "sddmm_ns": per_weight * median_seconds(lambda: cpp_ext.sddmm(crow, col, gy_fm, x_fm), args.repeats),
         }
         rows.append(row)
-        print(f"{n_out:>7} {n_in:>7} {fan:>6} {row['operand_mib']:>11.1f} {row['column_block']:>6} "
+        print(f"{n_out:>7} {n_in:>7} {fan:>6} {row['operand_mib']:>11.1f} {row['column_block']:>6} {row['sweep_columns']:>6} "
               f"{row['spmm_ns']:>6.2f} {row['grad_input_ns']:>7.2f} {row['sddmm_ns']:>6.2f}", flush=True)
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

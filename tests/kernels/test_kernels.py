@@ -144,13 +144,12 @@ def test_cpp_column_block_policy():
     """Blocks only when rows are long enough and a block's slice of the gathered operand fits L2."""
     cpp_ext = pytest.importorskip("sparsetrain.kernels.cpp_ext")
     n = 16384
-    crow_of = lambda fan: torch.arange(0, (n + 1) * fan, fan, dtype=torch.int64)  # noqa: E731
     l2 = cpp_ext.L2_BYTES
-    long_rows = cpp_ext.column_block(n, crow_of(4 * cpp_ext.MIN_SEGMENT * 64), 512)
+    long_rows = cpp_ext.column_block(n, 4 * cpp_ext.MIN_SEGMENT * 64, 512)
     if n * 512 > l2:  # blocked, and one block's slice (long_rows rows of 512 bytes) fits L2
         assert 0 < long_rows < n and long_rows * 512 <= l2
-    assert cpp_ext.column_block(n, crow_of(cpp_ext.MIN_SEGMENT), 512) == 0  # one segment per row at most
-    assert cpp_ext.column_block(64, crow_of(4096), 512) == 0  # the whole operand fits half of L2
+    assert cpp_ext.column_block(n, cpp_ext.MIN_SEGMENT, 512) == 0  # one segment per row at most
+    assert cpp_ext.column_block(64, 4096, 512) == 0  # the whole operand fits half of L2
 
 
 def test_cpp_sweep_policy():
@@ -160,18 +159,20 @@ def test_cpp_sweep_policy():
     cpp_ext = pytest.importorskip("sparsetrain.kernels.cpp_ext")
     quarter, half = cpp_ext.L3_BYTES // 4 // 512, cpp_ext.L3_BYTES // 2 // 512  # columns of 512-byte rows
     crow_of = lambda n_rows, fan: torch.arange(0, (n_rows + 1) * fan, fan, dtype=torch.int64)  # noqa: E731
-    assert cpp_ext.sweep_columns(half, crow_of(100, 10**6), 512) == 0  # the operand fits half of L3: one pass
+    assert cpp_ext.sweep_columns(half, 10**6, 512) == 0  # the operand fits half of L3: one pass
     n = 8 * half  # 4x L3: 16 quarter passes or 8 half passes
-    assert cpp_ext.sweep_columns(n, crow_of(100, 16 * 16), 512) == quarter
-    assert cpp_ext.sweep_columns(n, crow_of(100, 16 * 16 - 1), 512) == half
-    assert cpp_ext.sweep_columns(n, crow_of(100, 4 * 8), 512) == half
-    assert cpp_ext.sweep_columns(n, crow_of(100, 4 * 8 - 1), 512) == 0
+    assert cpp_ext.sweep_columns(n, 16 * 16, 512) == quarter
+    assert cpp_ext.sweep_columns(n, 16 * 16 - 1, 512) == half
+    assert cpp_ext.sweep_columns(n, 4 * 8, 512) == half
+    assert cpp_ext.sweep_columns(n, 4 * 8 - 1, 512) == 0
+    assert cpp_ext.sweep_columns(n, 16 * 16, 512, permuted=True) == 0  # values read through a permutation
     big = torch.zeros(n, 128)  # the gathered operand, 512-byte rows
     tile, prefetch, _, sweep = cpp_ext.walk_plan(crow_of(100, 64), big)
     assert (tile, prefetch, sweep) == (512, 0, half)
     _, prefetch, _, sweep = cpp_ext.walk_plan(crow_of(100, 1), big)
     assert (prefetch, sweep) == (cpp_ext.PREFETCH, 0)
     assert cpp_ext.walk_plan(crow_of(100, 64), big, permuted=True)[1:] == (cpp_ext.PREFETCH, 0, 0)
+    assert cpp_ext.mean_fan(crow_of(100, 64)) == 64 and cpp_ext.mean_fan(torch.zeros(1, dtype=torch.int64)) == 0
 
 
 def test_feature_major_copies_once_or_not_at_all(backend_name):
@@ -198,7 +199,7 @@ def test_bad_walk_settings_name_the_variable(monkeypatch):
 
     monkeypatch.setattr(cpp_ext, "COLUMN_BLOCK", "big")
     with pytest.raises(ConfigError, match="SPARSETRAIN_CPU_COLUMN_BLOCK='big': allowed are 'auto' or a number"):
-        cpp_ext.column_block(100, torch.tensor([0, 5]), 512)
+        cpp_ext.column_block(100, 5, 512)
     monkeypatch.setattr(cpp_ext, "SWEEP", "-3")
     with pytest.raises(ConfigError, match="SPARSETRAIN_CPU_SWEEP='-3': allowed are 'auto' or a number of columns"):
-        cpp_ext.sweep_columns(100, torch.tensor([0, 5]), 512)
+        cpp_ext.sweep_columns(100, 5, 512)

@@ -140,12 +140,13 @@ def _forced(name: str, value: str, unit: str) -> int | None:
     return int(value)
 
 
-def _fan(crow: torch.Tensor) -> int:
+def mean_fan(crow: torch.Tensor) -> int:
+    """Entries per row of a CSR, rounded down (0 for no rows): what the walk policies size segments by."""
     n_rows = crow.numel() - 1
     return int(crow[-1]) // n_rows if n_rows > 0 else 0
 
 
-def column_block(n_cols: int, crow: torch.Tensor, tile: int) -> int:
+def column_block(n_cols: int, fan: int, tile: int) -> int:
     """Columns per block for the row walk, 0 for none: enough blocks that one block's slice of the gathered
     operand (n_cols rows of `tile` bytes) takes at most half of L2, as long as each row still has
     MIN_SEGMENT entries per block and the slice fits L2 whole."""
@@ -154,21 +155,21 @@ def column_block(n_cols: int, crow: torch.Tensor, tile: int) -> int:
         return forced
     footprint = n_cols * tile
     wanted = -(-footprint // (L2_BYTES // 2))
-    blocks = min(wanted, _fan(crow) // MIN_SEGMENT)
+    blocks = min(wanted, fan // MIN_SEGMENT)
     if blocks < 2 or footprint > blocks * L2_BYTES:
         return 0
     return -(-n_cols // blocks)
 
 
-def sweep_columns(n_cols: int, crow: torch.Tensor, tile: int) -> int:
+def sweep_columns(n_cols: int, fan: int, tile: int, permuted: bool = False) -> int:
     """Columns per L3 pass of the row walk, 0 for a single pass: when the gathered operand (n_cols rows of
-    `tile` bytes) exceeds half of L3, the first of SWEEP_SLICES whose passes leave every row enough entries."""
+    `tile` bytes) exceeds half of L3, the first of SWEEP_SLICES whose passes leave every row (of `fan`
+    entries) enough entries. A walk reading its values through a permutation sweeps only when forced."""
     forced = _forced("SPARSETRAIN_CPU_SWEEP", SWEEP, "columns per pass")
     if forced is not None:
         return forced
-    if n_cols * tile <= L3_BYTES // 2:
+    if permuted or n_cols * tile <= L3_BYTES // 2:
         return 0
-    fan = _fan(crow)
     for fraction, min_entries in SWEEP_SLICES:
         columns = max(1, L3_BYTES // fraction // tile)
         if fan >= min_entries * -(-n_cols // columns):
@@ -178,12 +179,12 @@ def sweep_columns(n_cols: int, crow: torch.Tensor, tile: int) -> int:
 
 def walk_plan(crow: torch.Tensor, gathered_fm: torch.Tensor, permuted: bool = False) -> tuple[int, int, int, int]:
     """(tile bytes, prefetch distance, column block, sweep columns) for a row walk over `crow` that gathers
-    rows of `gathered_fm` (`permuted`: reading its values through a permutation, never swept unless forced):
-    the prefetch only when the operand is beyond L3 and not swept through it."""
+    rows of `gathered_fm` (`permuted`: reading its values through a permutation): the prefetch only when the
+    operand is beyond L3 and not swept through it."""
     tile = tile_bytes(gathered_fm.shape[1], gathered_fm.element_size())
-    n_cols = gathered_fm.shape[0]
-    sweep = sweep_columns(n_cols, crow, tile) if not permuted or SWEEP != "auto" else 0
-    return tile, 0 if sweep else prefetch_distance(gathered_fm), column_block(n_cols, crow, tile), sweep
+    n_cols, fan = gathered_fm.shape[0], mean_fan(crow)
+    sweep = sweep_columns(n_cols, fan, tile, permuted)
+    return tile, 0 if sweep else prefetch_distance(gathered_fm), column_block(n_cols, fan, tile), sweep
 
 
 def spmm(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, dense_fm: torch.Tensor,
