@@ -107,3 +107,10 @@ def test_bench_forwards_its_arguments(capsys):
         main(["bench", "--help"])
     assert exit_info.value.code == 0
     assert "usage: sparsetrain bench" in capsys.readouterr().out
+
+
+def test_bench_config_error_is_a_one_line_message(capsys, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert main(["bench", "gpu", "--quick", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sparsetrain: error: bench gpu --device cpu") and "TRITON_INTERPRET=1" in err

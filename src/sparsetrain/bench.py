@@ -1,12 +1,13 @@
 """Speed and memory benchmarks of compressed sparse layers against dense ``nn.Linear``.
 
-``main(argv)`` has three subcommands (exposed by the CLI as ``sparsetrain bench ...``):
+``main(argv)`` has four subcommands (exposed by the CLI as ``sparsetrain bench ...``):
 - ``layer``: one layer y = x Wᵀ, forward + backward (grad of input and of the active values), n in
   {1024, 4096, 16384} x sparsity {0.90, 0.98, 0.995}, dense vs each sparse kernel backend; speed-up, peak
   extra memory per active weight; and the crossover sparsity (sparse = dense) at n = 4096.
 - ``scaling``: width scaling at constant fan-in 64: time per connection and the fitted exponent of n.
 - ``mlp``: a full training step (forward, backward, SGD) of a 4-layer MLP, dense vs sparse.
-Conditions: ``torch.set_num_threads(2)``, float32, batch B = 128. Each result is a median with its
+- ``gpu``: our Triton kernels against dense cuBLAS and torch's CUDA CSR, float32 and bfloat16 (bench_gpu.py).
+Conditions (CPU benchmarks): ``torch.set_num_threads(2)``, float32, batch B = 128. Each result is a median with its
 min/max over repetitions; a table is printed and JSON written (default benchmarks/results/<name>.json).
 
 Peak memory is measured in a fresh subprocess per case: large allocations are forced to mmap
@@ -322,7 +323,14 @@ def run_mlp(args: argparse.Namespace) -> dict:
     return {"depth": 4, "rows": rows}
 
 
-COMMANDS = {"layer": run_layer, "scaling": run_scaling, "mlp": run_mlp}
+def run_gpu(args: argparse.Namespace) -> dict:
+    """Triton kernels vs dense cuBLAS and torch's CUDA CSR (bench_gpu.py)."""
+    from .bench_gpu import run_gpu as run
+
+    return run(args)
+
+
+COMMANDS = {"layer": run_layer, "scaling": run_scaling, "mlp": run_mlp, "gpu": run_gpu}
 
 
 def _positive_int(text: str) -> int:
@@ -340,8 +348,13 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--out", default=None, help=f"JSON path (default {RESULTS_DIR}/<name>.json)")
         if name == "layer":
             p.add_argument("--no-memory", action="store_true", help="skip the per-case memory subprocesses")
-        if name == "scaling":
-            p.add_argument("--repeats", type=_positive_int, default=5, help="timed steps per width (median reported)")
+        if name in ("scaling", "gpu"):
+            p.add_argument("--repeats", type=_positive_int, default=5 if name == "scaling" else 20,
+                           help="timed runs per case (median reported)")
+        if name == "gpu":
+            p.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
+                           help="cpu: a smoke test under the Triton interpreter (needs TRITON_INTERPRET=1)")
+            p.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated: float32, bfloat16")
     mem = sub.add_parser("_memory")  # internal: one memory case, run in a fresh process
     mem.add_argument("n", type=int)
     mem.add_argument("sparsity")
@@ -356,9 +369,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     retain_freed_memory()  # as `sparsetrain train` does (allocator.py)
     result = COMMANDS[args.command](args)
-    name = {"layer": "layer_bench", "scaling": "width_scaling", "mlp": "mlp_bench"}[args.command]
-    write_json(name if not args.quick else f"{name}_quick", {"benchmark": args.command, "batch": BATCH,
-                                                             "dtype": "float32", "machine": machine(),
+    name = {"layer": "layer_bench", "scaling": "width_scaling", "mlp": "mlp_bench", "gpu": "gpu_bench"}[args.command]
+    dtype = {} if args.command == "gpu" else {"dtype": "float32"}  # the GPU rows name their own dtype
+    write_json(name if not args.quick else f"{name}_quick", {"benchmark": args.command, "batch": BATCH, **dtype,
+                                                             "machine": machine(),
                                                              "command": "sparsetrain bench " + " ".join(argv or sys.argv[1:]),
                                                              **result}, args.out)
     return 0

@@ -29,6 +29,8 @@ _REPORT_EXAMPLES = """examples:
 
 _BENCH_EXAMPLES = """examples:
   sparsetrain bench --help          # the benchmark's own options
+  sparsetrain bench scaling --repeats 11   # width scaling at fan-in 64 (CPU)
+  sparsetrain bench gpu             # Triton vs cuBLAS and torch CUDA CSR (needs a GPU)
   sparsetrain bench ...             # every argument is passed to sparsetrain.bench"""
 
 _INFO_EXAMPLES = """examples:
@@ -78,15 +80,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "bench":
-        from .bench import main as bench_main  # the benchmark parses its own arguments
-        return int(bench_main(argv[1:]) or 0)
-    parser = _parser()
-    if not argv:
+    bench = bool(argv) and argv[0] == "bench"
+    parser = None if bench else _parser()
+    if parser is not None and not argv:
         parser.print_help()
         return 0
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv) if parser is not None else None
     try:
+        if args is None:
+            from .bench import main as bench_main  # the benchmark parses its own arguments
+            return int(bench_main(argv[1:]) or 0)
         if args.command == "train":
             return _train(args)
         if args.command == "eval":

@@ -49,7 +49,41 @@ def main() -> None:
     x, gy = dense_fm(70, 130, seed=98, dtype=torch.float32), dense_fm(3, 130, seed=97, dtype=torch.float32)
     check("spmm multi-block", triton_ops.spmm(m.crow, m.col, m.values, x, 70), m.dense() @ x.double(), torch.float32)
     check("sddmm multi-block", triton_ops.sddmm(m.crow, m.col, gy, x), sddmm_reference(m, gy, x), torch.float32)
-    print(f"triton interpreter: {n_checks + 2} checks passed")
+    check_layer_step()
+    print(f"triton interpreter: {n_checks + 5} checks passed")
+
+
+def check_layer_step() -> None:
+    """A SparseLinear forward and backward with every kernel call served by triton_ops (as for CUDA
+    tensors), against the same step on the CPU backend: the autograd path the GPU will take."""
+    import sparsetrain.kernels as kernels
+    from sparsetrain.nn import SparseLinear
+
+    layer = SparseLinear(40, 30, sparsity=0.8, bias=True, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(7, 40, generator=torch.Generator().manual_seed(1), requires_grad=True)
+
+    def step() -> list[torch.Tensor]:
+        layer.zero_grad()
+        x.grad = None
+        y = layer(x)
+        (y * torch.arange(30.0)).sum().backward()
+        return [y.detach().clone(), x.grad.clone(), layer.layout.values.grad.clone()]
+
+    expected = step()
+    chosen, served = kernels.implementation, []
+
+    def triton_for_all(device: torch.device, dtype: torch.dtype):
+        served.append(dtype)
+        return triton_ops
+
+    kernels.implementation = triton_for_all
+    try:
+        got = step()
+    finally:
+        kernels.implementation = chosen
+    assert len(served) >= 3, f"the step made {len(served)} kernel calls through the dispatcher, expected >= 3"
+    for name, g, e in zip(("output", "input grad", "value grad"), got, expected):
+        check(f"layer step {name}", g, e.double(), torch.float32)
 
 
 if __name__ == "__main__":
