@@ -193,6 +193,40 @@ def test_leaf_input_gets_a_batch_major_gradient(backend_name):
     torch.testing.assert_close(x.grad, torch.ones(5, 9, dtype=torch.float64) @ m.dense(), rtol=1e-12, atol=1e-12)
 
 
+def test_sparse_linear_module_hands_a_leaf_input_our_gradient_without_a_copy(monkeypatch):
+    """SparseLinear passes a 2-D input as itself (a reshaped view would hide that it is a leaf): autograd then
+    keeps the batch-major gradient our transpose made instead of copying a transposed view into x.grad."""
+    from sparsetrain.nn import SparseLinear
+
+    made = []
+    original = kernels.feature_major
+
+    def recording(t):
+        out = original(t)
+        made.append(out.data_ptr())
+        return out
+
+    monkeypatch.setattr(kernels, "feature_major", recording)
+    layer = SparseLinear(40, 24, sparsity=0.7, bias=False, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(6, 40, requires_grad=True)
+    layer(x).sum().backward()
+    assert x.grad.is_contiguous() and x.grad.data_ptr() in made
+    torch.testing.assert_close(x.grad, torch.ones(6, 24) @ layer.layout.to_dense(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows,cols", [(16, 16), (128, 1024), (1024, 128), (128, 4000), (4000, 128), (33, 47),
+                                       (17, 300), (300, 17), (15, 15), (1, 70), (70, 1)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("stream", [False, True])
+def test_cpp_transpose_is_exact_on_blocks_edges_and_strides(rows, cols, dtype, stream):
+    """Register blocks (AVX-512 float32), the tile path (power-of-two output rows, float64, no AVX-512) and
+    the edge strips, with and without non-temporal stores: bitwise the torch transpose."""
+    cpp_ext = pytest.importorskip("sparsetrain.kernels.cpp_ext")
+    x = torch.randn(rows, cols, generator=torch.Generator().manual_seed(rows * 1000 + cols)).to(dtype)
+    out = cpp_ext.load().transpose(x, stream)
+    assert out.shape == (cols, rows) and out.is_contiguous() and torch.equal(out, x.t())
+
+
 def test_bad_walk_settings_name_the_variable(monkeypatch):
     cpp_ext = pytest.importorskip("sparsetrain.kernels.cpp_ext")
     from sparsetrain.errors import ConfigError

@@ -15,6 +15,9 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <omp.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -22,6 +25,7 @@
 #include <functional>
 #include <limits>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -327,23 +331,95 @@ void sddmm_coo_impl(const I* rows, const I* col, const T* left, const T* right, 
   }
 }
 
-// dst (cols, rows) = src (rows, cols) transposed, both contiguous: square tiles small enough that a tile's
-// source and destination lines stay in L1, tiles split over threads.
+// The region [i_lo, i_hi) x [j_lo, j_hi) of dst (cols, rows) = src (rows, cols) transposed, both contiguous:
+// square tiles small enough that a tile's source and destination lines stay in L1, tiles split over threads.
 template <typename T>
-void transpose_impl(const T* src, T* dst, int64_t rows, int64_t cols) {
+void transpose_tiles(const T* src, T* dst, int64_t rows, int64_t cols, int64_t i_lo, int64_t i_hi, int64_t j_lo,
+                     int64_t j_hi) {
   constexpr int64_t kSide = 32;
-  const int64_t tiles_r = (rows + kSide - 1) / kSide, tiles_c = (cols + kSide - 1) / kSide;
+  const int64_t tiles_r = (i_hi - i_lo + kSide - 1) / kSide, tiles_c = (j_hi - j_lo + kSide - 1) / kSide;
   const int64_t n_tiles = tiles_r * tiles_c;
-  const int nt = team_size(rows * cols);
+  if (n_tiles <= 0) return;
+  const int nt = team_size((i_hi - i_lo) * (j_hi - j_lo));
   const int64_t n_chunks = std::min<int64_t>(n_tiles, int64_t(nt) * kChunksPerThread);
   parallel_chunks(nt, n_chunks, [&](int64_t c) {
     for (int64_t t = n_tiles * c / n_chunks; t < n_tiles * (c + 1) / n_chunks; ++t) {
-      const int64_t i0 = (t / tiles_c) * kSide, j0 = (t % tiles_c) * kSide;
-      const int64_t i1 = std::min(i0 + kSide, rows), j1 = std::min(j0 + kSide, cols);
+      const int64_t i0 = i_lo + (t / tiles_c) * kSide, j0 = j_lo + (t % tiles_c) * kSide;
+      const int64_t i1 = std::min(i0 + kSide, i_hi), j1 = std::min(j0 + kSide, j_hi);
       for (int64_t j = j0; j < j1; ++j)
         for (int64_t i = i0; i < i1; ++i) dst[j * rows + i] = src[i * cols + j];
     }
   });
+}
+
+#if defined(__AVX512F__)
+// One 16 x 16 block transposed in registers (three shuffle stages): each source line is read once and each
+// destination line written once, whole, so power-of-two row strides (whose lines share a cache set) cost
+// nothing, and a destination line can be streamed past the caches (stream: non-temporal stores, which
+// skip the read-for-ownership of a line about to be overwritten; only for outputs too large to stay cached).
+inline void transpose_block16(const float* src, int64_t src_stride, float* dst, int64_t dst_stride, bool stream) {
+  __m512 r[16], t[16];
+  for (int k = 0; k < 16; ++k) r[k] = _mm512_loadu_ps(src + k * src_stride);
+  for (int k = 0; k < 16; k += 2) {  // per 128-bit lane: (a0 b0 a1 b1), (a2 b2 a3 b3) of rows k, k + 1
+    t[k] = _mm512_unpacklo_ps(r[k], r[k + 1]);
+    t[k + 1] = _mm512_unpackhi_ps(r[k], r[k + 1]);
+  }
+  for (int q = 0; q < 16; q += 4) {  // r[q + e], lane L: rows q..q+3 of column 4L + e
+    r[q] = _mm512_shuffle_ps(t[q], t[q + 2], 0x44);
+    r[q + 1] = _mm512_shuffle_ps(t[q], t[q + 2], 0xEE);
+    r[q + 2] = _mm512_shuffle_ps(t[q + 1], t[q + 3], 0x44);
+    r[q + 3] = _mm512_shuffle_ps(t[q + 1], t[q + 3], 0xEE);
+  }
+  for (int e = 0; e < 4; ++e) {  // gather lane L of r[e], r[4 + e], r[8 + e], r[12 + e]: column 4L + e
+    const __m512 a = _mm512_shuffle_f32x4(r[e], r[4 + e], 0x44), b = _mm512_shuffle_f32x4(r[e], r[4 + e], 0xEE);
+    const __m512 c = _mm512_shuffle_f32x4(r[8 + e], r[12 + e], 0x44), d = _mm512_shuffle_f32x4(r[8 + e], r[12 + e], 0xEE);
+    const __m512 out[4] = {_mm512_shuffle_f32x4(a, c, 0x88), _mm512_shuffle_f32x4(a, c, 0xDD),
+                           _mm512_shuffle_f32x4(b, d, 0x88), _mm512_shuffle_f32x4(b, d, 0xDD)};
+    for (int L = 0; L < 4; ++L) {
+      float* p = dst + (4 * L + e) * dst_stride;
+      if (stream) _mm512_stream_ps(p, out[L]); else _mm512_storeu_ps(p, out[L]);
+    }
+  }
+}
+
+// The [0, rows16) x [0, cols16) part of the transpose by 16 x 16 register blocks, walked along bands of 16
+// source rows (16 sequential read streams), the blocks split over threads.
+void transpose_blocks16(const float* src, float* dst, int64_t rows, int64_t cols, int64_t rows16, int64_t cols16,
+                        bool stream) {
+  stream = stream && reinterpret_cast<uintptr_t>(dst) % kCacheLine == 0 && rows % 16 == 0;  // aligned lines only
+  const int64_t bands = rows16 / 16, per_band = cols16 / 16, n_blocks = bands * per_band;
+  const int nt = team_size(rows16 * cols16);
+  const int64_t n_chunks = std::min<int64_t>(n_blocks, int64_t(nt) * kChunksPerThread);
+  parallel_chunks(nt, n_chunks, [&](int64_t c) {
+    for (int64_t b = n_blocks * c / n_chunks; b < n_blocks * (c + 1) / n_chunks; ++b) {
+      const int64_t i0 = (b / per_band) * 16, j0 = (b % per_band) * 16;
+      transpose_block16(src + i0 * cols + j0, cols, dst + j0 * rows + i0, rows, stream);
+    }
+    if (stream) _mm_sfence();  // order this chunk's streamed stores before the team's join
+  });
+}
+#endif
+
+// dst (cols, rows) = src (rows, cols) transposed, both contiguous. float with AVX-512: register blocks for
+// the part that is whole 16 x 16 blocks, tiles for the rest; otherwise tiles throughout. Exception: a
+// cached (not streamed) output whose rows are a multiple of 4 KiB apart keeps the tiles, because a block's
+// 16 stores then all fall in one cache set (measured 1.6-2x slower than the tiles at n = 4096, 16384).
+template <typename T>
+void transpose_impl(const T* src, T* dst, int64_t rows, int64_t cols, bool stream) {
+  int64_t rows16 = 0, cols16 = 0;
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) {
+    const bool one_set = (rows * int64_t(sizeof(float))) % 4096 == 0;
+    if (rows >= 16 && cols >= 16 && (stream || !one_set)) {
+      rows16 = rows / 16 * 16;
+      cols16 = cols / 16 * 16;
+      transpose_blocks16(src, dst, rows, cols, rows16, cols16, stream);
+    }
+  }
+#endif
+  (void)stream;
+  transpose_tiles(src, dst, rows, cols, rows16, rows, 0, cols);  // rows below the blocks, all columns
+  transpose_tiles(src, dst, rows, cols, 0, rows16, cols16, cols);  // columns right of the blocks
 }
 
 // Calls f(integral_constant<W>) with W = tile_bytes / sizeof(T) elements, for a tile of 64-512 bytes.
@@ -430,13 +506,14 @@ torch::Tensor spmm(torch::Tensor crow, torch::Tensor col, torch::Tensor values, 
   return out;
 }
 
-torch::Tensor transpose(torch::Tensor src) {
+// stream: non-temporal stores where the fast path can use them (an output too large to stay in cache).
+torch::Tensor transpose(torch::Tensor src, bool stream) {
   check_dense(src, "src");
   const int64_t rows = src.size(0), cols = src.size(1);
   auto out = torch::empty({cols, rows}, src.options());
   if (rows == 0 || cols == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "sparsetrain_transpose", [&] {
-    transpose_impl<scalar_t>(src.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), rows, cols);
+    transpose_impl<scalar_t>(src.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), rows, cols, stream);
   });
   return out;
 }

@@ -61,8 +61,10 @@ class SparseLinear(_LinearShape, SparseModule):
         lead = x.shape[:-1]
         L = self.layout
         x, values = kernel_operands(x, L.values)
-        y = sparse_linear(x.reshape(-1, self.in_features), values, L.crow, L.col, L.transposed,
-                          self.in_features, self.backward_observer)
+        # a 2-D input goes in as itself, not as a reshaped view: a leaf input then gets its gradient in its
+        # own (batch-major) layout from our transpose, instead of autograd copying a transposed view
+        rows = x if x.dim() == 2 else x.reshape(-1, self.in_features)
+        y = sparse_linear(rows, values, L.crow, L.col, L.transposed, self.in_features, self.backward_observer)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*lead, self.out_features)
