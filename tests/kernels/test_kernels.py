@@ -38,6 +38,35 @@ def test_spmm_and_transpose_match_dense(backend_name, case, index_dtype):
         torch.testing.assert_close(out_t3, m.dense().t() @ gy, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}x{c[1]}-nnz{c[2]}" for c in CASES])
+def test_linear_grads_match_dense(backend_name, case, index_dtype):
+    """Both gradients of y = W x at once (our CPU kernel: one walk of the transposed CSR), with the
+    transposed CSR as separate tensors and as the interleaved pairs; R = 300 takes three batch tiles in
+    the C++ kernel, the last partial (the value gradient accumulates over tiles)."""
+    for seed, R in enumerate((*BATCH_SIZES, 300)):
+        m = random_csr(*case, seed=seed, index_dtype=index_dtype)
+        x, gy = dense_fm(m.shape[1], R, seed=800 + seed), dense_fm(m.shape[0], R, seed=900 + seed)
+        pairs = torch.stack((m.perm_t, m.row_t), dim=1)
+        for transposed in ((m.ccol, m.row_t, m.perm_t), (m.ccol, pairs[:, 1], pairs[:, 0])):
+            grad_x, grad_values = kernels.linear_grads(m.crow, m.col, m.values, gy, x, transposed)
+            torch.testing.assert_close(grad_x, m.dense().t() @ gy, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(grad_values, sddmm_reference(m, gy, x), rtol=1e-12, atol=1e-12)
+
+
+def test_cpp_linear_grads_equal_the_separate_kernels(monkeypatch):
+    """The fused walk adds in the order of the two separate kernels: bitwise equal results (float32), on the
+    multi-threaded path, with a forced column block."""
+    cpp_ext = pytest.importorskip("sparsetrain.kernels.cpp_ext")
+    m = random_csr(700, 500, 60000, 3, 7, seed=31, dtype=torch.float32)
+    x, gy = dense_fm(500, 128, seed=32, dtype=torch.float32), dense_fm(700, 128, seed=33, dtype=torch.float32)
+    for block in ("auto", "37"):
+        monkeypatch.setattr(cpp_ext, "COLUMN_BLOCK", block)
+        grad_x, grad_values = cpp_ext.grads_transposed(m.ccol, m.row_t, m.perm_t, m.values, gy, x)
+        assert torch.equal(grad_x, cpp_ext.spmm_permuted(m.ccol, m.row_t, m.values, m.perm_t, gy))
+        assert torch.equal(grad_values, cpp_ext.sddmm(m.crow, m.col, gy, x))
+
+
 def test_spmm_transposed_parallel_path_matches_dense(backend_name):
     """Large enough for the multi-threaded scatter with per-thread buffers and their reduction."""
     m = random_csr(700, 500, 60000, 3, 7, seed=5)
@@ -102,6 +131,16 @@ def test_bad_arguments_name_the_field():
         kernels.sddmm(m.crow, m.col, torch.zeros(7, 3, dtype=torch.float64), torch.zeros(13, 4, dtype=torch.float64))
     with pytest.raises(ValueError, match="values dtype"):
         kernels.spmm(m.crow, m.col, m.values.float(), torch.zeros(13, 3, dtype=torch.float64), 13)
+    transposed = (m.ccol, m.row_t, m.perm_t)
+    with pytest.raises(ValueError, match=r"right_fm must be \(n_cols, R=3\)"):
+        kernels.linear_grads(m.crow, m.col, m.values, torch.zeros(7, 3, dtype=torch.float64),
+                             torch.zeros(13, 2, dtype=torch.float64), transposed)
+    with pytest.raises(ValueError, match=r"dense_fm must be feature-major with shape \(len\(crow\) - 1=7"):
+        kernels.linear_grads(m.crow, m.col, m.values, torch.zeros(6, 3, dtype=torch.float64),
+                             torch.zeros(13, 3, dtype=torch.float64), transposed)
+    with pytest.raises(ValueError, match=r"transposed CSR must have len\(ccol\) = n_cols \+ 1 = 13"):
+        kernels.linear_grads(m.crow, m.col, m.values, torch.zeros(7, 3, dtype=torch.float64),
+                             torch.zeros(12, 3, dtype=torch.float64), transposed)
 
 
 def test_cpp_spmm_permuted_reads_values_through_perm(monkeypatch):
@@ -138,6 +177,9 @@ def test_cpp_column_blocked_walk_matches_dense(monkeypatch, block, sweep):
         torch.testing.assert_close(out_t, dense.t() @ gy, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(kernels.sddmm(m.crow, m.col, gy, x), sddmm_reference(m, gy, x),
                                    rtol=1e-12, atol=1e-12)
+        grad_x, grad_values = kernels.linear_grads(m.crow, m.col, m.values, gy, x, (m.ccol, m.row_t, m.perm_t))
+        torch.testing.assert_close(grad_x, dense.t() @ gy, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(grad_values, sddmm_reference(m, gy, x), rtol=1e-12, atol=1e-12)
 
 
 def test_cpp_column_block_policy():

@@ -35,7 +35,7 @@ from .topology import (
     unique_difference,
 )
 
-__all__ = ["spmm", "spmm_transposed", "sddmm", "sddmm_coo", "feature_major", "sparse_linear", "active_backends", "rows_to_crow", "transpose_order",
+__all__ = ["spmm", "spmm_transposed", "sddmm", "linear_grads", "sddmm_coo", "feature_major", "sparse_linear", "active_backends", "rows_to_crow", "transpose_order",
            "KernelUnavailableError", "KernelFallbackWarning",
            # topology operations (topology.py)
            "linear_index", "linear_to_csr", "sorted_uniform_draws", "unique_difference", "select_k", "merge_entries",
@@ -76,21 +76,27 @@ def spmm_transposed(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor,
     the SpMM on the transposed CSR reading each value as ``values[perm_t[j]]``; other backends first gather
     the values into transposed order.
     """
-    _check_index("crow", crow)
-    _check_index("col", col)
-    _check_dense("dense_fm", dense_fm, crow.numel() - 1, "len(crow) - 1")
-    if values.shape != col.shape:
-        raise ValueError(f"values must have the shape of col {tuple(col.shape)}, got {tuple(values.shape)}")
-    if values.dtype != dense_fm.dtype:
-        raise ValueError(f"values dtype {values.dtype} must equal dense_fm dtype {dense_fm.dtype}")
+    ccol, row_t, perm_t = _checked_transposed(crow, col, values, dense_fm, n_cols, transposed)
     impl = implementation(dense_fm.device, dense_fm.dtype)
-    ccol, row_t, perm_t = transposed() if callable(transposed) else transposed
-    if row_t.shape != values.shape or perm_t.shape != values.shape or ccol.numel() != n_cols + 1:
-        raise ValueError(f"transposed CSR must have len(ccol) = n_cols + 1 = {n_cols + 1} and row_t, perm_t "
-                         f"of the length of values ({values.numel()})")
     if impl is cpp_ext:
         return cpp_ext.spmm_permuted(ccol, row_t, values, perm_t, dense_fm)
     return impl.spmm(ccol, row_t, values.index_select(0, perm_t), dense_fm, dense_fm.shape[0])
+
+
+def linear_grads(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, gy_fm: torch.Tensor,
+                 x_fm: torch.Tensor, transposed: Transposed) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both gradients of y = W x: (Wᵀ gy_fm, gy·xᵀ at W's entries) = (:func:`spmm_transposed`, :func:`sddmm`).
+
+    Our CPU kernel computes them in one walk of the transposed CSR, gathering each entry's gy row once for
+    both; other backends make the two calls.
+    """
+    _check_pair(gy_fm, x_fm)
+    impl = implementation(gy_fm.device, gy_fm.dtype)
+    if impl is not cpp_ext:
+        return (spmm_transposed(crow, col, values, gy_fm, x_fm.shape[0], transposed),
+                sddmm(crow, col, gy_fm, x_fm))
+    ccol, row_t, perm_t = _checked_transposed(crow, col, values, gy_fm, x_fm.shape[0], transposed)
+    return cpp_ext.grads_transposed(ccol, row_t, perm_t, values, gy_fm, x_fm)
 
 
 def sddmm(crow: torch.Tensor, col: torch.Tensor, left_fm: torch.Tensor, right_fm: torch.Tensor) -> torch.Tensor:
@@ -100,6 +106,23 @@ def sddmm(crow: torch.Tensor, col: torch.Tensor, left_fm: torch.Tensor, right_fm
     _check_dense("left_fm", left_fm, crow.numel() - 1, "n_rows")
     _check_pair(left_fm, right_fm)
     return implementation(left_fm.device, left_fm.dtype).sddmm(crow, col, left_fm, right_fm)
+
+
+def _checked_transposed(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, dense_fm: torch.Tensor,
+                        n_cols: int, transposed: Transposed) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The transposed CSR (ccol, row_t, perm_t), after checking it and the operands of a Wᵀ product."""
+    _check_index("crow", crow)
+    _check_index("col", col)
+    _check_dense("dense_fm", dense_fm, crow.numel() - 1, "len(crow) - 1")
+    if values.shape != col.shape:
+        raise ValueError(f"values must have the shape of col {tuple(col.shape)}, got {tuple(values.shape)}")
+    if values.dtype != dense_fm.dtype:
+        raise ValueError(f"values dtype {values.dtype} must equal dense_fm dtype {dense_fm.dtype}")
+    ccol, row_t, perm_t = transposed() if callable(transposed) else transposed
+    if row_t.shape != values.shape or perm_t.shape != values.shape or ccol.numel() != n_cols + 1:
+        raise ValueError(f"transposed CSR must have len(ccol) = n_cols + 1 = {n_cols + 1} and row_t, perm_t "
+                         f"of the length of values ({values.numel()})")
+    return ccol, row_t, perm_t
 
 
 def sddmm_coo(rows: torch.Tensor, cols: torch.Tensor, left_fm: torch.Tensor, right_fm: torch.Tensor) -> torch.Tensor:

@@ -211,6 +211,19 @@ def spmm_permuted(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, p
                        *plan, False)
 
 
+def grads_transposed(ccol: torch.Tensor, row_t: torch.Tensor, perm_t: torch.Tensor, values: torch.Tensor,
+                     gy_fm: torch.Tensor, x_fm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad_x_fm, grad_values) of y = W x from one walk of W's transposed CSR: each entry's gy row is
+    gathered once for both (:func:`spmm_permuted` plus :func:`sddmm` gather a row per entry each)."""
+    gy_fm = gy_fm.contiguous()
+    tile, prefetch, block, _ = walk_plan(ccol, gy_fm, permuted=True)
+    pairs = _pairs_of(perm_t, row_t)
+    if pairs is None:  # separate tensors: interleave them once (the kernel reads (slot, row) pairs)
+        pairs = torch.stack((perm_t, row_t.to(perm_t.dtype)), dim=1)
+    return tuple(load().grads_transposed(ccol.to(pairs.dtype).contiguous(), pairs, values.contiguous(),  # type: ignore[return-value]
+                                         gy_fm, x_fm.contiguous(), tile, prefetch, block))
+
+
 def _pairs_of(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor | None:
     """The contiguous (n, 2) tensor whose columns are ``first`` and ``second``, when they are exactly that."""
     if (first.ndim == 1 and first.shape == second.shape and first.dtype == second.dtype and first.stride() == (2,)

@@ -331,6 +331,61 @@ void sddmm_coo_impl(const I* rows, const I* col, const T* left, const T* right, 
   }
 }
 
+// Both gradients of y = W x from one walk of the transposed CSR (rows: input features j; entries: (slot,
+// output row) pairs): grad_x[j] = sum_p val[slot_p] * gy[row_p] and grad_val[slot_p] = <gy[row_p], x[j]>.
+// Every entry gathers its gy row once for both (two separate walks gather it twice: once by the input-
+// gradient SpMM, once, as a gy row against a gathered x row, by the CSR SDDMM); x[j] is read once per row.
+// The value gradient is written through the slot (slots of one row are scattered; each is written by
+// exactly one entry, so threads never share one), prefetched for writing like the value reads.
+template <typename T, typename I, int W>
+void grads_transposed_impl(const I* ccol, const I* pairs, const T* val, const T* gy, const T* x, T* grad_x,
+                           T* grad_val, int64_t n_in, int64_t R, int64_t n_out, int64_t block, int64_t prefetch) {
+  for_row_chunks<W>(ccol, n_in, R, n_out, 0, [&](int64_t r0, int64_t w, int64_t row_begin, int64_t row_end,
+                                                  const Pass& pass) {
+    const int64_t last = ccol[row_end];
+    const bool accumulate = r0 > 0;
+    for_row_segments(ccol, row_begin, row_end, n_out, block, pass,
+                     [&](int64_t j, int64_t p, int64_t end, int64_t limit, bool first) {
+      T* o = grad_x + j * R + r0;
+      const T* xj = x + j * R + r0;
+      if (w == W) {
+        Tile<T, W> acc, xt;
+        if (first) acc.zero(); else acc.load(o);
+        xt.load(xj);
+        for (; p < end && static_cast<int64_t>(pairs[2 * p + 1]) < limit; ++p) {
+          if (p + kValuePrefetch < last) {
+            const int64_t ahead = pairs[2 * (p + kValuePrefetch)];
+            __builtin_prefetch(val + ahead, 0, 1);
+            __builtin_prefetch(grad_val + ahead, 1, 1);
+          }
+          if (prefetch > 0 && p + prefetch < last)
+            prefetch_tile<I>(gy + static_cast<int64_t>(pairs[2 * (p + prefetch) + 1]) * R + r0, W * sizeof(T));
+          const T* g = gy + static_cast<int64_t>(pairs[2 * p + 1]) * R + r0;
+          const int64_t s = pairs[2 * p];
+          acc.axpy(val[s], g);
+          const T d = xt.dot(g);
+          grad_val[s] = accumulate ? grad_val[s] + d : d;
+        }
+        acc.store(o);
+      } else {
+        if (first) std::fill(o, o + w, T(0));
+        for (; p < end && static_cast<int64_t>(pairs[2 * p + 1]) < limit; ++p) {
+          const T* g = gy + static_cast<int64_t>(pairs[2 * p + 1]) * R + r0;
+          const int64_t s = pairs[2 * p];
+          const T v = val[s];
+          T d = T(0);
+          for (int64_t k = 0; k < w; ++k) {
+            o[k] += v * g[k];
+            d += xj[k] * g[k];
+          }
+          grad_val[s] = accumulate ? grad_val[s] + d : d;
+        }
+      }
+      return p;
+    });
+  });
+}
+
 // The region [i_lo, i_hi) x [j_lo, j_hi) of dst (cols, rows) = src (rows, cols) transposed, both contiguous:
 // square tiles small enough that a tile's source and destination lines stay in L1, tiles split over threads.
 template <typename T>
@@ -504,6 +559,46 @@ torch::Tensor spmm(torch::Tensor crow, torch::Tensor col, torch::Tensor values, 
     });
   });
   return out;
+}
+
+// (grad_x (n_in, R), grad_values (nnz)) of y = W x, from W's transposed CSR (ccol, (slot, row) pairs), its
+// values, gy (n_out, R) and x (n_in, R); see grads_transposed_impl.
+std::tuple<torch::Tensor, torch::Tensor> grads_transposed(torch::Tensor ccol, torch::Tensor pairs, torch::Tensor values,
+                                                          torch::Tensor gy_fm, torch::Tensor x_fm, int64_t tile_bytes,
+                                                          int64_t prefetch, int64_t col_block) {
+  check_dense(gy_fm, "gy_fm");
+  check_dense(x_fm, "x_fm");
+  TORCH_CHECK(gy_fm.scalar_type() == x_fm.scalar_type() && values.scalar_type() == x_fm.scalar_type(),
+              "values, gy_fm and x_fm must have one dtype");
+  TORCH_CHECK(gy_fm.size(1) == x_fm.size(1), "gy_fm and x_fm must have the same number of columns R");
+  TORCH_CHECK(values.dim() == 1 && values.is_contiguous(), "values must be 1-D contiguous");
+  TORCH_CHECK(ccol.dim() == 1 && ccol.is_contiguous() && pairs.dim() == 2 && pairs.size(1) == 2 &&
+                  pairs.is_contiguous() && ccol.scalar_type() == pairs.scalar_type() &&
+                  (ccol.scalar_type() == torch::kInt32 || ccol.scalar_type() == torch::kInt64),
+              "ccol and pairs must be contiguous int32 or int64 of one dtype, pairs of shape (nnz, 2)");
+  const int64_t n_in = x_fm.size(0), R = x_fm.size(1), nnz = pairs.size(0);
+  TORCH_CHECK(ccol.numel() == n_in + 1, "ccol must have n_in + 1 = ", n_in + 1, " elements, got ", ccol.numel());
+  TORCH_CHECK(values.numel() == nnz, "values must have one element per entry (", nnz, ")");
+  auto grad_x = torch::empty({n_in, R}, x_fm.options());
+  auto grad_values = torch::empty({nnz}, x_fm.options());
+  if (R == 0 || nnz == 0) {
+    grad_x.zero_();
+    grad_values.zero_();
+    return {grad_x, grad_values};
+  }
+  AT_DISPATCH_FLOATING_TYPES(x_fm.scalar_type(), "sparsetrain_grads_transposed", [&] {
+    using T = scalar_t;
+    dispatch_index(pairs, [&](auto index_tag) {
+      using I = decltype(index_tag);
+      with_tile<T>(tile_bytes, [&](auto wc) {
+        constexpr int W = decltype(wc)::value;
+        grads_transposed_impl<T, I, W>(ccol.data_ptr<I>(), pairs.data_ptr<I>(), values.data_ptr<T>(),
+                                       gy_fm.data_ptr<T>(), x_fm.data_ptr<T>(), grad_x.data_ptr<T>(),
+                                       grad_values.data_ptr<T>(), n_in, R, gy_fm.size(0), col_block, prefetch);
+      });
+    });
+  });
+  return {grad_x, grad_values};
 }
 
 // stream: non-temporal stores where the fast path can use them (an output too large to stay in cache).
@@ -1794,6 +1889,7 @@ torch::Tensor csr_linear(torch::Tensor crow, torch::Tensor col, torch::Tensor sl
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("spmm", &spmm, "feature-major CSR SpMM: (n_rows, R) = CSR @ (n_cols, R), values optionally read through perm");
   m.def("sddmm", &sddmm, "SDDMM at CSR (coo=false) or COO (coo=true) coordinates");
+  m.def("grads_transposed", &grads_transposed, "(grad_x, grad_values) of a CSR layer from one walk of its transposed CSR");
   m.def("transpose", &transpose, "contiguous transpose of a contiguous 2-D tensor (cache-blocked, parallel)");
   m.def("transpose_order", &transpose_order, "stable counting sort of column indices: (perm, ccol)");
   // topology operations

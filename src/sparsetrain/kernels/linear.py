@@ -27,17 +27,20 @@ class _SparseLinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        from . import feature_major, sddmm, spmm_transposed
+        from . import feature_major, linear_grads, sddmm, spmm_transposed
 
         x_fm, values = ctx.saved_tensors
         crow, col, transposed = ctx.index
         gy_fm = feature_major(grad_out)
-        grad_x = grad_values = None
-        if ctx.needs_input_grad[0]:
+        grad_x = grad_x_fm = grad_values = None
+        if ctx.needs_input_grad[0] and ctx.needs_input_grad[1]:  # one walk for both where a backend fuses them
+            grad_x_fm, grad_values = linear_grads(crow, col, values, gy_fm, x_fm, transposed)
+        elif ctx.needs_input_grad[0]:
             grad_x_fm = spmm_transposed(crow, col, values, gy_fm, ctx.n_in, transposed)
-            grad_x = feature_major(grad_x_fm) if ctx.batch_major_grad else grad_x_fm.t()
-        if ctx.needs_input_grad[1]:
+        elif ctx.needs_input_grad[1]:
             grad_values = sddmm(crow, col, gy_fm, x_fm)
+        if grad_x_fm is not None:
+            grad_x = feature_major(grad_x_fm) if ctx.batch_major_grad else grad_x_fm.t()
         if ctx.observer is not None:
             ctx.observer(x_fm, gy_fm)
         return grad_x, grad_values, None, None, None, None, None
