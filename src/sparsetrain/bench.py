@@ -7,7 +7,8 @@
 - ``scaling``: width scaling at constant fan-in 64: time per connection and the fitted exponent of n.
 - ``mlp``: a full training step (forward, backward, SGD) of a 4-layer MLP, dense vs sparse.
 - ``gpu``: our Triton kernels against dense cuBLAS and torch's CUDA CSR, float32 and bfloat16 (bench_gpu.py).
-Conditions (CPU benchmarks): ``torch.set_num_threads(2)``, float32, batch B = 128. Each result is a median with its
+Conditions (CPU benchmarks): ``torch.set_num_threads(2)``, float32 (``--dtype bfloat16``: weights,
+activations and gradients in bfloat16, sums in float32), batch B = 128. Each result is a median with its
 min/max over repetitions; a table is printed and JSON written (default benchmarks/results/<name>.json).
 
 Peak memory is measured in a fresh subprocess per case: large allocations are forced to mmap
@@ -41,6 +42,7 @@ BATCH = 128
 THREADS = 2
 RESULTS_DIR = Path("benchmarks") / "results"
 KERNEL_ENV = "SPARSETRAIN_KERNELS"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # --dtype of the CPU benchmarks
 
 
 # --- measurement ---------------------------------------------------------------------------------------
@@ -83,20 +85,22 @@ def sparse_backends() -> list[str]:
     return ["torch", "cpp"]
 
 
-def make_layer(n: int, sparsity: float | None = None, nnz: int | None = None, seed: int = 0) -> nn.Module:
-    """Dense nn.Linear (sparsity and nnz None) or SparseLinear, square n x n, no bias, float32."""
+def make_layer(n: int, sparsity: float | None = None, nnz: int | None = None, seed: int = 0,
+               dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Dense nn.Linear (sparsity and nnz None) or SparseLinear, square n x n, no bias."""
     from .nn import SparseLinear
 
     if sparsity is None and nnz is None:
-        return nn.Linear(n, n, bias=False)
-    return SparseLinear(n, n, sparsity=sparsity, nnz=nnz, bias=False, generator=torch.Generator().manual_seed(seed))
+        return nn.Linear(n, n, bias=False, dtype=dtype)
+    return SparseLinear(n, n, sparsity=sparsity, nnz=nnz, bias=False,
+                        generator=torch.Generator().manual_seed(seed)).to(dtype)
 
 
-def layer_step(layer: nn.Module, n: int) -> Callable[[], None]:
+def layer_step(layer: nn.Module, n: int, dtype: torch.dtype = torch.float32) -> Callable[[], None]:
     """Forward + backward of y = x Wᵀ for a B x n batch: gradients of the input and of the weights."""
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(BATCH, n, generator=g).requires_grad_(True)
-    gy = torch.randn(BATCH, n, generator=g)
+    x = torch.randn(BATCH, n, generator=g).to(dtype).requires_grad_(True)
+    gy = torch.randn(BATCH, n, generator=g).to(dtype)
 
     def step() -> None:
         layer.zero_grad(set_to_none=True)
@@ -113,11 +117,11 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def _memory_case(n: int, sparsity: float | None, nnz: int | None) -> dict[str, float]:
+def _memory_case(n: int, sparsity: float | None, nnz: int | None, dtype: str = "float32") -> dict[str, float]:
     """(In a fresh process) peak extra bytes of one layer step over the resident size before it."""
     torch.set_num_threads(THREADS)
-    layer = make_layer(n, sparsity, nnz)
-    step = layer_step(layer, n)
+    layer = make_layer(n, sparsity, nnz, dtype=DTYPES[dtype])
+    step = layer_step(layer, n, DTYPES[dtype])
     step()  # warm-up: loads the kernels, starts the thread pool
     layer.zero_grad(set_to_none=True)
     gc.collect()
@@ -130,12 +134,13 @@ def _memory_case(n: int, sparsity: float | None, nnz: int | None) -> dict[str, f
     return {"extra_bytes": (peak - before) * 1024}
 
 
-def measure_memory(n: int, sparsity: float | None, backend: str | None, nnz: int | None = None) -> dict[str, float]:
+def measure_memory(n: int, sparsity: float | None, backend: str | None, nnz: int | None = None,
+                   dtype: str = "float32") -> dict[str, float]:
     """Run :func:`_memory_case` in a fresh subprocess (so nothing earlier in this process is counted)."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(THREADS))
     if backend is not None:
         env[KERNEL_ENV] = backend
-    args = [sys.executable, "-m", "sparsetrain.bench", "_memory", str(n), str(sparsity), str(nnz)]
+    args = [sys.executable, "-m", "sparsetrain.bench", "_memory", str(n), str(sparsity), str(nnz), dtype]
     proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
         raise RuntimeError(f"memory measurement n={n} sparsity={sparsity} failed:\n{proc.stderr[-2000:]}")
@@ -204,37 +209,38 @@ def run_layer(args: argparse.Namespace) -> dict:
     scan = [0.5, 0.9] if args.quick else [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
     scan_n = 256 if args.quick else 4096
     backends = sparse_backends()
+    dtype, size = DTYPES[args.dtype], DTYPES[args.dtype].itemsize
     rows: list[dict] = []
     for n in widths:
         reps = 2 if args.quick else (3 if n >= 16384 else 7)
-        dense = timed(layer_step(make_layer(n), n), reps)
-        mem = None if args.no_memory else measure_memory(n, None, None)
+        dense = timed(layer_step(make_layer(n, dtype=dtype), n, dtype), reps)
+        mem = None if args.no_memory else measure_memory(n, None, None, dtype=args.dtype)
         rows.append({"n": n, "sparsity": 0.0, "backend": "dense", "nnz": n * n, **dense,
-                     "speedup": 1.0, **_memory_fields(mem, n, n * n)})
+                     "speedup": 1.0, **_memory_fields(mem, n, n * n, size)})
         print(f"n={n} dense {dense['median_s'] * 1e3:.1f} ms", flush=True)
         for s in sparsities:
-            layer = make_layer(n, s)
+            layer = make_layer(n, s, dtype=dtype)
             nnz = layer.nnz
             for b in backends:
                 with kernel_backend(b):
-                    t = timed(layer_step(layer, n), 3 if args.quick else 7)
-                mem = None if args.no_memory else measure_memory(n, s, b)
+                    t = timed(layer_step(layer, n, dtype), 3 if args.quick else 7)
+                mem = None if args.no_memory else measure_memory(n, s, b, dtype=args.dtype)
                 rows.append({"n": n, "sparsity": s, "backend": b, "nnz": nnz, **t,
-                             "speedup": dense["median_s"] / t["median_s"], **_memory_fields(mem, n, nnz)})
+                             "speedup": dense["median_s"] / t["median_s"], **_memory_fields(mem, n, nnz, size)})
                 print(f"n={n} s={s} {b} {t['median_s'] * 1e3:.1f} ms x{rows[-1]['speedup']:.1f}", flush=True)
     print_table(rows, [("n", "n", "d"), ("sparsity", "sparsity", ".3f"), ("backend", "backend", "s"),
                        ("nnz", "active", "d"), ("median_s", "median s", ".4f"), ("min_s", "min s", ".4f"),
                        ("max_s", "max s", ".4f"), ("speedup", "speed-up", ".1f"),
                        ("extra_bytes", "peak extra B", ".3g"), ("bytes_per_active", "B/active", ".1f")])
 
-    dense_scan = timed(layer_step(make_layer(scan_n), scan_n), 2 if args.quick else 7)
+    dense_scan = timed(layer_step(make_layer(scan_n, dtype=dtype), scan_n, dtype), 2 if args.quick else 7)
     scan_rows, cross = [], {}
     for b in backends:
         pts = []
         for s in scan:
-            layer = make_layer(scan_n, s)
+            layer = make_layer(scan_n, s, dtype=dtype)
             with kernel_backend(b):
-                t = timed(layer_step(layer, scan_n), 2 if args.quick else 5)
+                t = timed(layer_step(layer, scan_n, dtype), 2 if args.quick else 5)
             pts.append((s, dense_scan["median_s"] / t["median_s"]))
             scan_rows.append({"backend": b, "sparsity": s, **t, "speedup": pts[-1][1]})
         cross[b] = crossover(pts)
@@ -250,10 +256,10 @@ def run_layer(args: argparse.Namespace) -> dict:
     return {"rows": rows, "crossover": {"n": scan_n, "dense": dense_scan, "scan": scan_rows, "sparsity": cross}}
 
 
-def _memory_fields(mem: dict | None, n: int, nnz: int) -> dict:
+def _memory_fields(mem: dict | None, n: int, nnz: int, element_size: int = 4) -> dict:
     if mem is None:
         return {"extra_bytes": None, "bytes_per_active": None}
-    act = activation_bytes(n, n)
+    act = activation_bytes(n, n, element_size)
     return {"extra_bytes": mem["extra_bytes"], "activation_bytes": act,
             "bytes_per_active": (mem["extra_bytes"] - act) / nnz}
 
@@ -262,11 +268,12 @@ def run_scaling(args: argparse.Namespace) -> dict:
     widths = [1024, 4096] if args.quick else [4096, 16384, 65536, 262144]
     fan_in = 64
     rows = []
+    dtype = DTYPES[args.dtype]
     for b in sparse_backends():
         for n in widths:
-            layer = make_layer(n, nnz=fan_in * n)
+            layer = make_layer(n, nnz=fan_in * n, dtype=dtype)
             with kernel_backend(b):
-                t = timed(layer_step(layer, n), 2 if args.quick else args.repeats)
+                t = timed(layer_step(layer, n, dtype), 2 if args.quick else args.repeats)
             rows.append({"backend": b, "n": n, "nnz": fan_in * n, **t,
                          "ns_per_connection": t["median_s"] / (fan_in * n) * 1e9})
             print(f"{b} n={n} {t['median_s'] * 1e3:.1f} ms", flush=True)
@@ -281,10 +288,10 @@ def run_scaling(args: argparse.Namespace) -> dict:
     return {"fan_in": fan_in, "rows": rows, "exponent": exponents}
 
 
-def _mlp(width: int, sparsity: float | None, depth: int = 4) -> nn.Module:
+def _mlp(width: int, sparsity: float | None, depth: int = 4, dtype: torch.dtype = torch.float32) -> nn.Module:
     layers: list[nn.Module] = []
     for i in range(depth):
-        layers.append(make_layer(width, sparsity, seed=i))
+        layers.append(make_layer(width, sparsity, seed=i, dtype=dtype))
         if i < depth - 1:
             layers.append(nn.ReLU())
     return nn.Sequential(*layers)
@@ -294,11 +301,12 @@ def run_mlp(args: argparse.Namespace) -> dict:
     widths = [512] if args.quick else [4096, 16384]
     rows = []
     backends = sparse_backends()
+    dtype = DTYPES[args.dtype]
     for w in widths:
         g = torch.Generator().manual_seed(2)
-        x, target = torch.randn(BATCH, w, generator=g), torch.randn(BATCH, w, generator=g)
+        x, target = torch.randn(BATCH, w, generator=g).to(dtype), torch.randn(BATCH, w, generator=g).to(dtype)
         for s in (None, 0.90, 0.98):
-            model = _mlp(w, s)
+            model = _mlp(w, s, dtype=dtype)
             opt = torch.optim.SGD(model.parameters(), lr=1e-3)
 
             def step() -> None:
@@ -348,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--out", default=None, help=f"JSON path (default {RESULTS_DIR}/<name>.json)")
         if name == "layer":
             p.add_argument("--no-memory", action="store_true", help="skip the per-case memory subprocesses")
+        if name != "gpu":
+            p.add_argument("--dtype", default="float32", choices=tuple(DTYPES),
+                           help="weights, activations and gradients (bfloat16: our kernels sum in float32)")
         if name in ("scaling", "gpu"):
             p.add_argument("--repeats", type=_positive_int, default=5 if name == "scaling" else 20,
                            help="timed runs per case (median reported)")
@@ -359,18 +370,21 @@ def main(argv: list[str] | None = None) -> int:
     mem.add_argument("n", type=int)
     mem.add_argument("sparsity")
     mem.add_argument("nnz")
+    mem.add_argument("dtype", choices=tuple(DTYPES))
     args = parser.parse_args(argv)
     if args.command == "_memory":
         sparsity = None if args.sparsity == "None" else float(args.sparsity)
         nnz = None if args.nnz == "None" else int(args.nnz)
-        print(json.dumps(_memory_case(args.n, sparsity, nnz)))
+        print(json.dumps(_memory_case(args.n, sparsity, nnz, args.dtype)))
         return 0
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
     retain_freed_memory()  # as `sparsetrain train` does (allocator.py)
     result = COMMANDS[args.command](args)
     name = {"layer": "layer_bench", "scaling": "width_scaling", "mlp": "mlp_bench", "gpu": "gpu_bench"}[args.command]
-    dtype = {} if args.command == "gpu" else {"dtype": "float32"}  # the GPU rows name their own dtype
+    dtype = {} if args.command == "gpu" else {"dtype": args.dtype}  # the GPU rows name their own dtype
+    if dtype.get("dtype", "float32") != "float32":
+        name += f"_{args.dtype}"
     write_json(name if not args.quick else f"{name}_quick", {"benchmark": args.command, "batch": BATCH, **dtype,
                                                              "machine": machine(),
                                                              "command": "sparsetrain bench " + " ".join(argv or sys.argv[1:]),

@@ -42,10 +42,10 @@ def test_env_override_rejects_unknown_value(monkeypatch):
 
 def test_forced_cpp_rejects_a_dtype_it_does_not_cover(monkeypatch):
     monkeypatch.setenv(backend.ENV_VAR, "cpp")
-    with pytest.raises(kernels.KernelUnavailableError, match="support dtypes float32, float64; got bfloat16"):
-        backend.implementation(torch.device("cpu"), torch.bfloat16)
+    with pytest.raises(kernels.KernelUnavailableError, match="support dtypes float32, float64, bfloat16; got float16"):
+        backend.implementation(torch.device("cpu"), torch.float16)
     monkeypatch.setenv(backend.ENV_VAR, "auto")
-    assert backend.implementation(torch.device("cpu"), torch.bfloat16) is torch_ops
+    assert backend.implementation(torch.device("cpu"), torch.float16) is torch_ops
 
 
 _UNBUILDABLE = textwrap.dedent("""

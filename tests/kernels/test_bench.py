@@ -62,3 +62,17 @@ def test_scaling_repeats_must_be_positive(capsys):
     with pytest.raises(SystemExit):
         bench.main(["scaling", "--repeats", "0"])
     assert "--repeats: must be a whole number >= 1, got '0'" in capsys.readouterr().err
+
+
+def test_scaling_quick_in_bfloat16_names_its_dtype(tmp_path):
+    out = tmp_path / "s16.json"
+    assert bench.main(["scaling", "--quick", "--dtype", "bfloat16", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["dtype"] == "bfloat16" and "--dtype bfloat16" in data["command"]
+    assert all(r["ns_per_connection"] > 0 for r in data["rows"])
+
+
+def test_bench_rejects_an_unknown_dtype(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["layer", "--dtype", "float16"])
+    assert "invalid choice: 'float16' (choose from 'float32', 'bfloat16')" in capsys.readouterr().err

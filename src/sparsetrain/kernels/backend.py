@@ -20,7 +20,7 @@ from . import torch_ops
 
 ENV_VAR = "SPARSETRAIN_KERNELS"
 CHOICES = ("auto", "cpp", "torch")
-CPP_DTYPES = (torch.float32, torch.float64)
+CPP_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 

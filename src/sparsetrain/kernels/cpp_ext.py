@@ -28,8 +28,9 @@ LDFLAGS = ("-fopenmp",)
 # the gathered working set in L2/L3 were 1.5-10x *slower* at every n (indices re-read per tile, more
 # per-entry overhead), so we use the narrowest tile covering the whole batch row, up to 512 bytes.
 TILE_CHOICES = (64, 128, 256, 512)
-# Software prefetch distance (entries ahead) for the gathered rows, used only once the gathered operand is
-# larger than half the last-level cache: there it halves the time per connection (n >= 65536); below, the
+# Software prefetch distance (entries ahead) for the gathered rows, used only once the gathered operand takes
+# half the last-level cache or more: there it halves the time per connection (n >= 65536 in float32, and
+# at 65536 in bfloat16, whose 16 MiB operand is exactly half of L3: 190 -> 84 ms per step); below, the
 # eight prefetch instructions per entry cost more than they hide (n = 16384: 3.0 vs 3.9 ns per entry).
 PREFETCH = int(os.environ.get("SPARSETRAIN_CPU_PREFETCH", 16))
 # Column blocking of the row walk (cpu_kernels.cpp, for_row_segments): "auto" picks blocks whose slice of the
@@ -110,6 +111,15 @@ def tile_bytes(R: int, element_size: int) -> int:
     return next((t for t in TILE_CHOICES if t >= R * element_size), TILE_CHOICES[-1])
 
 
+def accumulator_tile(dense_fm: torch.Tensor) -> int:
+    """:func:`tile_bytes` of the accumulators for a batch row of ``dense_fm``. The kernels sum bfloat16
+    operands in float32, so a bfloat16 tile of W elements takes the registers of a float32 one, and it is at
+    least 128 bytes (32 elements: one 64-byte line of bfloat16, which the kernels split into two registers)."""
+    if dense_fm.dtype == torch.bfloat16:
+        return max(128, tile_bytes(dense_fm.shape[1], 4))
+    return tile_bytes(dense_fm.shape[1], dense_fm.element_size())
+
+
 def _cache_bytes(level: int, default: int) -> int:
     """Size of cpu0's cache of this level from sysfs (the default when unknown)."""
     for entry in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
@@ -127,8 +137,8 @@ L3_BYTES = _cache_bytes(3, 32 * 2**20)
 
 
 def prefetch_distance(dense_fm: torch.Tensor) -> int:
-    """PREFETCH when the gathered operand exceeds half the last-level cache, else 0."""
-    return PREFETCH if dense_fm.numel() * dense_fm.element_size() > L3_BYTES // 2 else 0
+    """PREFETCH when the gathered operand takes half the last-level cache or more, else 0."""
+    return PREFETCH if dense_fm.numel() * dense_fm.element_size() >= L3_BYTES // 2 else 0
 
 
 def _forced(name: str, value: str, unit: str) -> int | None:
@@ -180,8 +190,11 @@ def sweep_columns(n_cols: int, fan: int, tile: int, permuted: bool = False) -> i
 def walk_plan(crow: torch.Tensor, gathered_fm: torch.Tensor, permuted: bool = False) -> tuple[int, int, int, int]:
     """(tile bytes, prefetch distance, column block, sweep columns) for a row walk over `crow` that gathers
     rows of `gathered_fm` (`permuted`: reading its values through a permutation): the prefetch only when the
-    operand is beyond L3 and not swept through it."""
-    tile = tile_bytes(gathered_fm.shape[1], gathered_fm.element_size())
+    operand is beyond L3 and not swept through it. A bfloat16 walk is never blocked or swept: it keeps each
+    row's float32 sums in registers from the row's first entry to its last and rounds them once."""
+    tile = accumulator_tile(gathered_fm)
+    if gathered_fm.dtype == torch.bfloat16:
+        return tile, prefetch_distance(gathered_fm), 0, 0
     n_cols, fan = gathered_fm.shape[0], mean_fan(crow)
     sweep = sweep_columns(n_cols, fan, tile, permuted)
     return tile, 0 if sweep else prefetch_distance(gathered_fm), column_block(n_cols, fan, tile), sweep
@@ -250,7 +263,7 @@ def sddmm(crow: torch.Tensor, col: torch.Tensor, left_fm: torch.Tensor, right_fm
 def sddmm_coo(rows: torch.Tensor, cols: torch.Tensor, left_fm: torch.Tensor, right_fm: torch.Tensor) -> torch.Tensor:
     """out[j] = <left_fm[rows_j], right_fm[cols_j]> at explicit (row-major sorted) coordinates."""
     right_fm = right_fm.contiguous()
-    tile = tile_bytes(right_fm.shape[1], right_fm.element_size())
+    tile = accumulator_tile(right_fm)
     if cols.dtype != rows.dtype:
         cols = cols.to(rows.dtype)
     return load().sddmm(rows.contiguous(), cols.contiguous(), left_fm.contiguous(), right_fm, True, tile,
@@ -317,7 +330,7 @@ def sample_and_score(crow: torch.Tensor, col: torch.Tensor, n_in: int, m: int, s
                      absolute: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     lefts = [gy.contiguous() for _, gy in parts]
     rights = [x.contiguous() for x, _ in parts]
-    tile = tile_bytes(max(x.shape[1] for x in rights), rights[0].element_size())
+    tile = max(accumulator_tile(x) for x in rights)
     return tuple(load().sample_and_score(crow.contiguous(), col.contiguous(), int(n_in), int(m), int(seed),  # type: ignore[return-value]
                                          row_weights, col_weights, lefts, rights, bool(absolute), tile,
                                          max(prefetch_distance(x) for x in rights)))

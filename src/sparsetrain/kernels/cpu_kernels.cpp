@@ -63,49 +63,95 @@ template <> struct Simd<double> {
   typedef double Unaligned __attribute__((vector_size(64), aligned(8), __may_alias__));
 };
 
-// A batch tile of W elements held as named SIMD registers. Written with explicit vectors because GCC keeps
-// a plain `T acc[W]` accumulator on the stack (a load and a store around every FMA): measured 2x slower.
+// The type a kernel sums in for operands stored as T: T itself, except bfloat16, which is widened to
+// float (exactly) as it is loaded and rounded back (to nearest even) once, when a result is stored. A
+// bfloat16 operand halves the bytes every gathered row moves; the arithmetic stays float32.
+template <typename T> struct Acc { using type = T; };
+template <> struct Acc<c10::BFloat16> { using type = float; };
+template <typename T> using acc_t = typename Acc<T>::type;
+
+// A 64-byte chunk of T as kPer vectors of acc_t<T>, and back. bfloat16 is the high half of a float, so a
+// chunk of 32 is split into its even and its odd elements (a shift and a mask, no shuffle); sums keep that
+// order in registers, and a store rounds each lane to nearest even (NaN to the quiet NaN, as
+// c10::BFloat16 does) and interleaves the halves again.
+template <typename T>
+struct Lanes {
+  using V = typename Simd<T>::V;
+  static constexpr int kPer = 1, kElements = 64 / static_cast<int>(sizeof(T));
+  static void load(const T* p, V* v) { v[0] = *reinterpret_cast<const typename Simd<T>::Unaligned*>(p); }
+  static void store(T* p, const V* v) { *reinterpret_cast<typename Simd<T>::Unaligned*>(p) = v[0]; }
+};
+template <>
+struct Lanes<c10::BFloat16> {
+  using V = Simd<float>::V;
+  typedef uint32_t Bits __attribute__((vector_size(64)));
+  typedef uint32_t BitsUnaligned __attribute__((vector_size(64), aligned(2), __may_alias__));
+  static constexpr int kPer = 2, kElements = 32;
+  static void load(const c10::BFloat16* p, V* v) {
+    const Bits b = *reinterpret_cast<const BitsUnaligned*>(p);
+    const Bits even = b << 16, odd = b & 0xFFFF0000u;
+    v[0] = reinterpret_cast<const V&>(even);
+    v[1] = reinterpret_cast<const V&>(odd);
+  }
+  static Bits rounded(V x) {  // x rounded to bfloat16, in the high half of each lane
+    const Bits b = reinterpret_cast<const Bits&>(x);
+    const Bits nan = reinterpret_cast<Bits>(x != x);
+    return ((b + 0x7FFFu + ((b >> 16) & 1u)) & ~nan) | (nan & 0x7FC00000u);
+  }
+  static void store(c10::BFloat16* p, const V* v) {
+    *reinterpret_cast<BitsUnaligned*>(p) = (rounded(v[0]) >> 16) | (rounded(v[1]) & 0xFFFF0000u);
+  }
+};
+
+// A batch tile of W elements held as named SIMD registers of acc_t<T>. Written with explicit vectors because
+// GCC keeps a plain `T acc[W]` accumulator on the stack (a load and a store around every FMA): measured 2x
+// slower.
 template <typename T, int W>
 struct Tile {
-  using V = typename Simd<T>::V;
-  static constexpr int kLanes = 64 / static_cast<int>(sizeof(T)), kVectors = W / kLanes;
-  static_assert(W % kLanes == 0 && kVectors >= 1, "a tile is a whole number of 64-byte vectors");
+  using C = acc_t<T>;
+  using L = Lanes<T>;
+  using V = typename Simd<C>::V;
+  static constexpr int kChunks = W / L::kElements, kPer = L::kPer, kVectors = kChunks * kPer;
+  static_assert(W % L::kElements == 0 && kChunks >= 1, "a tile is a whole number of 64-byte chunks");
   V v[kVectors];
 
-  static V at(const T* p) { return *reinterpret_cast<const typename Simd<T>::Unaligned*>(p); }
-  static void put(T* p, V x) { *reinterpret_cast<typename Simd<T>::Unaligned*>(p) = x; }
   void zero() {
-#pragma GCC unroll 8
+#pragma GCC unroll 16
     for (int q = 0; q < kVectors; ++q) v[q] = V{};
   }
   void load(const T* p) {
 #pragma GCC unroll 8
-    for (int q = 0; q < kVectors; ++q) v[q] = at(p + q * kLanes);
+    for (int q = 0; q < kChunks; ++q) L::load(p + q * L::kElements, v + q * kPer);
   }
   void store(T* p) const {
 #pragma GCC unroll 8
-    for (int q = 0; q < kVectors; ++q) put(p + q * kLanes, v[q]);
+    for (int q = 0; q < kChunks; ++q) L::store(p + q * L::kElements, v + q * kPer);
   }
-  void axpy(T a, const T* x) {  // this += a * x
+  void axpy(C a, const T* x) {  // this += a * x
     const V va = V{} + a;
 #pragma GCC unroll 8
-    for (int q = 0; q < kVectors; ++q) v[q] += va * at(x + q * kLanes);
+    for (int q = 0; q < kChunks; ++q) {
+      V t[kPer];
+      L::load(x + q * L::kElements, t);
+      for (int k = 0; k < kPer; ++k) v[q * kPer + k] += va * t[k];
+    }
   }
-  void axpy_into(T a, T* y) const {  // y += a * this
-    const V va = V{} + a;
+  C dot(const T* x) const {
+    V t[kPer];
+    L::load(x, t);
+    V s = v[0] * t[0];
+    for (int k = 1; k < kPer; ++k) s += v[k] * t[k];
 #pragma GCC unroll 8
-    for (int q = 0; q < kVectors; ++q) put(y + q * kLanes, at(y + q * kLanes) + va * v[q]);
-  }
-  T dot(const T* x) const {
-    V s = v[0] * at(x);
-#pragma GCC unroll 8
-    for (int q = 1; q < kVectors; ++q) s += v[q] * at(x + q * kLanes);
+    for (int q = 1; q < kChunks; ++q) {
+      L::load(x + q * L::kElements, t);
+      for (int k = 0; k < kPer; ++k) s += v[q * kPer + k] * t[k];
+    }
     return sum_lanes(s);
   }
   // Pairwise sum of the lanes: halves added as vectors (a scalar loop would be a 16-add dependency chain).
-  static T sum_lanes(V s) {
-    typedef T Half __attribute__((vector_size(32)));
-    typedef T Quarter __attribute__((vector_size(16)));
+  static C sum_lanes(V s) {
+    typedef C Half __attribute__((vector_size(32)));
+    typedef C Quarter __attribute__((vector_size(16)));
     Half lo, hi;
     std::memcpy(&lo, &s, 32);
     std::memcpy(&hi, reinterpret_cast<const char*>(&s) + 32, 32);
@@ -114,7 +160,7 @@ struct Tile {
     std::memcpy(&a, &h, 16);
     std::memcpy(&b, reinterpret_cast<const char*>(&h) + 16, 16);
     const Quarter q = a + b;
-    if constexpr (kLanes == 16) return (q[0] + q[2]) + (q[1] + q[3]);
+    if constexpr (sizeof(C) == 4) return (q[0] + q[2]) + (q[1] + q[3]);
     else return q[0] + q[1];
   }
 };
@@ -199,16 +245,17 @@ void for_row_segments(const I* crow, int64_t row_begin, int64_t row_end, int64_t
 // out[i, r0:r0+w] = sum_p v(p) * x[col[p], r0:r0+w] for rows [row_begin, row_end), with v(p) = val[p], or
 // val[perm[p]] when perm is given (the transposed CSR reading the row-major values in place, the value
 // slots prefetched ahead). W is the tile width; w == W takes the register-resident path, w < W (the
-// batch's last, partial tile) the scalar one.
+// batch's last, partial tile) the scalar one, which sums in a local acc_t<T> copy of the output row.
 // S: the stride of col and perm in elements (2: the two are interleaved (slot, column) pairs, the transposed
 // CSR as its build leaves it).
 template <typename T, typename I, int W, int S>
 void spmm_rows(const I* crow, const I* col, const T* val, const I* perm, const T* x, T* out, int64_t R, int64_t r0,
                int64_t w, int64_t row_begin, int64_t row_end, int64_t n_cols, int64_t block, const Pass& pass,
                int64_t prefetch) {
+  using C = acc_t<T>;
   const int64_t last = crow[row_end];
   auto column = [&](int64_t p) { return static_cast<int64_t>(col[p * S]); };
-  auto value = [&](int64_t p) {
+  auto value = [&](int64_t p) -> C {
     if (perm == nullptr) return val[p];
     if (p + kValuePrefetch < last) __builtin_prefetch(val + perm[(p + kValuePrefetch) * S], 0, 1);
     return val[perm[p * S]];
@@ -225,12 +272,14 @@ void spmm_rows(const I* crow, const I* col, const T* val, const I* perm, const T
       }
       acc.store(o);
     } else {
-      if (first) std::fill(o, o + w, T(0));
+      C acc[W];
+      for (int64_t k = 0; k < w; ++k) acc[k] = first ? C(0) : C(o[k]);
       for (; p < end && column(p) < limit; ++p) {
-        const T v = value(p);
+        const C v = value(p);
         const T* xr = x + column(p) * R + r0;
-        for (int64_t k = 0; k < w; ++k) o[k] += v * xr[k];
+        for (int64_t k = 0; k < w; ++k) acc[k] += v * C(xr[k]);
       }
+      for (int64_t k = 0; k < w; ++k) o[k] = T(acc[k]);
     }
     return p;
   });
@@ -270,10 +319,10 @@ void spmm_impl(const I* crow, const I* col, const T* val, const I* perm, const T
 }
 
 // out[e] (+)= <left[row_e, r0:r0+w], right[col_e, r0:r0+w]>, one row's run of entries at a time (the left
-// row's tile stays in registers for the run). CSR form: row chunks, walked by column block like SpMM.
+// row's tile stays in registers for the run). out is acc_t<T>: sums over batch tiles are not rounded to T. CSR form: row chunks, walked by column block like SpMM.
 // COO form (explicit rows, any order): entries [e_begin, e_end), runs of equal rows.
 template <typename T, typename I, int W>
-int64_t sddmm_run(const T* a, const I* col, const T* right, T* out, int64_t R, int64_t w, bool accumulate,
+int64_t sddmm_run(const T* a, const I* col, const T* right, acc_t<T>* out, int64_t R, int64_t w, bool accumulate,
                   int64_t e, int64_t e_end, int64_t limit, int64_t prefetch_end, int64_t prefetch) {
   if (w == W) {
     Tile<T, W> row_tile;
@@ -281,14 +330,14 @@ int64_t sddmm_run(const T* a, const I* col, const T* right, T* out, int64_t R, i
     for (; e < e_end && static_cast<int64_t>(col[e]) < limit; ++e) {
       if (prefetch > 0 && e + prefetch < prefetch_end)
         prefetch_tile<I>(right + static_cast<int64_t>(col[e + prefetch]) * R, W * sizeof(T));
-      const T s = row_tile.dot(right + static_cast<int64_t>(col[e]) * R);
+      const acc_t<T> s = row_tile.dot(right + static_cast<int64_t>(col[e]) * R);
       out[e] = accumulate ? out[e] + s : s;
     }
   } else {
     for (; e < e_end && static_cast<int64_t>(col[e]) < limit; ++e) {
       const T* b = right + static_cast<int64_t>(col[e]) * R;
-      T s = T(0);
-      for (int64_t k = 0; k < w; ++k) s += a[k] * b[k];
+      acc_t<T> s = 0;
+      for (int64_t k = 0; k < w; ++k) s += acc_t<T>(a[k]) * acc_t<T>(b[k]);
       out[e] = accumulate ? out[e] + s : s;
     }
   }
@@ -296,7 +345,7 @@ int64_t sddmm_run(const T* a, const I* col, const T* right, T* out, int64_t R, i
 }
 
 template <typename T, typename I, int W>
-void sddmm_csr_impl(const I* crow, int64_t n_rows, const I* col, const T* left, const T* right, T* out,
+void sddmm_csr_impl(const I* crow, int64_t n_rows, const I* col, const T* left, const T* right, acc_t<T>* out,
                     int64_t R, int64_t n_cols, int64_t block, int64_t sweep, int64_t prefetch) {
   for_row_chunks<W>(crow, n_rows, R, n_cols, sweep,
                     [&](int64_t r0, int64_t w, int64_t row_begin, int64_t row_end, const Pass& pass) {
@@ -309,7 +358,7 @@ void sddmm_csr_impl(const I* crow, int64_t n_rows, const I* col, const T* left, 
 }
 
 template <typename T, typename I, int W>
-void sddmm_coo_impl(const I* rows, const I* col, const T* left, const T* right, T* out, int64_t nnz, int64_t R,
+void sddmm_coo_impl(const I* rows, const I* col, const T* left, const T* right, acc_t<T>* out, int64_t nnz, int64_t R,
                     int64_t prefetch) {
   const int nt = team_size(nnz * R);
   const int64_t n_chunks = std::max<int64_t>(1, std::min<int64_t>(nnz / 64 + 1, int64_t(nt) * kChunksPerThread));
@@ -336,10 +385,12 @@ void sddmm_coo_impl(const I* rows, const I* col, const T* left, const T* right, 
 // Every entry gathers its gy row once for both (two separate walks gather it twice: once by the input-
 // gradient SpMM, once, as a gy row against a gathered x row, by the CSR SDDMM); x[j] is read once per row.
 // The value gradient is written through the slot (slots of one row are scattered; each is written by
-// exactly one entry, so threads never share one), prefetched for writing like the value reads.
+// exactly one entry, so threads never share one), prefetched for writing like the value reads; it is
+// acc_t<T>, like the SDDMM's output.
 template <typename T, typename I, int W>
 void grads_transposed_impl(const I* ccol, const I* pairs, const T* val, const T* gy, const T* x, T* grad_x,
-                           T* grad_val, int64_t n_in, int64_t R, int64_t n_out, int64_t block, int64_t prefetch) {
+                           acc_t<T>* grad_val, int64_t n_in, int64_t R, int64_t n_out, int64_t block, int64_t prefetch) {
+  using C = acc_t<T>;
   for_row_chunks<W>(ccol, n_in, R, n_out, 0, [&](int64_t r0, int64_t w, int64_t row_begin, int64_t row_end,
                                                   const Pass& pass) {
     const int64_t last = ccol[row_end];
@@ -363,23 +414,25 @@ void grads_transposed_impl(const I* ccol, const I* pairs, const T* val, const T*
           const T* g = gy + static_cast<int64_t>(pairs[2 * p + 1]) * R + r0;
           const int64_t s = pairs[2 * p];
           acc.axpy(val[s], g);
-          const T d = xt.dot(g);
+          const C d = xt.dot(g);
           grad_val[s] = accumulate ? grad_val[s] + d : d;
         }
         acc.store(o);
       } else {
-        if (first) std::fill(o, o + w, T(0));
+        C gx[W];
+        for (int64_t k = 0; k < w; ++k) gx[k] = first ? C(0) : C(o[k]);
         for (; p < end && static_cast<int64_t>(pairs[2 * p + 1]) < limit; ++p) {
           const T* g = gy + static_cast<int64_t>(pairs[2 * p + 1]) * R + r0;
           const int64_t s = pairs[2 * p];
-          const T v = val[s];
-          T d = T(0);
+          const C v = val[s];
+          C d = 0;
           for (int64_t k = 0; k < w; ++k) {
-            o[k] += v * g[k];
-            d += xj[k] * g[k];
+            gx[k] += v * C(g[k]);
+            d += C(xj[k]) * C(g[k]);
           }
           grad_val[s] = accumulate ? grad_val[s] + d : d;
         }
+        for (int64_t k = 0; k < w; ++k) o[k] = T(gx[k]);
       }
       return p;
     });
@@ -408,13 +461,32 @@ void transpose_tiles(const T* src, T* dst, int64_t rows, int64_t cols, int64_t i
 }
 
 #if defined(__AVX512F__)
+// 16 elements of a row as the 16 lanes of a register, and back: float as it is; a 16-bit element (bfloat16)
+// zero-extended into a 32-bit lane and truncated back, so the shuffles below move its bits exactly.
+template <typename T> struct Block16;
+template <> struct Block16<float> {
+  static __m512 load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, __m512 x, bool stream) { if (stream) _mm512_stream_ps(p, x); else _mm512_storeu_ps(p, x); }
+};
+template <> struct Block16<c10::BFloat16> {
+  static __m512 load(const c10::BFloat16* p) {
+    return _mm512_castsi512_ps(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
+  }
+  static void store(c10::BFloat16* p, __m512 x, bool stream) {
+    const __m256i h = _mm512_cvtepi32_epi16(_mm512_castps_si512(x));
+    if (stream) _mm256_stream_si256(reinterpret_cast<__m256i*>(p), h);
+    else _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), h);
+  }
+};
+
 // One 16 x 16 block transposed in registers (three shuffle stages): each source line is read once and each
 // destination line written once, whole, so power-of-two row strides (whose lines share a cache set) cost
 // nothing, and a destination line can be streamed past the caches (stream: non-temporal stores, which
 // skip the read-for-ownership of a line about to be overwritten; only for outputs too large to stay cached).
-inline void transpose_block16(const float* src, int64_t src_stride, float* dst, int64_t dst_stride, bool stream) {
+template <typename T>
+inline void transpose_block16(const T* src, int64_t src_stride, T* dst, int64_t dst_stride, bool stream) {
   __m512 r[16], t[16];
-  for (int k = 0; k < 16; ++k) r[k] = _mm512_loadu_ps(src + k * src_stride);
+  for (int k = 0; k < 16; ++k) r[k] = Block16<T>::load(src + k * src_stride);
   for (int k = 0; k < 16; k += 2) {  // per 128-bit lane: (a0 b0 a1 b1), (a2 b2 a3 b3) of rows k, k + 1
     t[k] = _mm512_unpacklo_ps(r[k], r[k + 1]);
     t[k + 1] = _mm512_unpackhi_ps(r[k], r[k + 1]);
@@ -430,16 +502,14 @@ inline void transpose_block16(const float* src, int64_t src_stride, float* dst, 
     const __m512 c = _mm512_shuffle_f32x4(r[8 + e], r[12 + e], 0x44), d = _mm512_shuffle_f32x4(r[8 + e], r[12 + e], 0xEE);
     const __m512 out[4] = {_mm512_shuffle_f32x4(a, c, 0x88), _mm512_shuffle_f32x4(a, c, 0xDD),
                            _mm512_shuffle_f32x4(b, d, 0x88), _mm512_shuffle_f32x4(b, d, 0xDD)};
-    for (int L = 0; L < 4; ++L) {
-      float* p = dst + (4 * L + e) * dst_stride;
-      if (stream) _mm512_stream_ps(p, out[L]); else _mm512_storeu_ps(p, out[L]);
-    }
+    for (int L = 0; L < 4; ++L) Block16<T>::store(dst + (4 * L + e) * dst_stride, out[L], stream);
   }
 }
 
 // The [0, rows16) x [0, cols16) part of the transpose by 16 x 16 register blocks, walked along bands of 16
 // source rows (16 sequential read streams), the blocks split over threads.
-void transpose_blocks16(const float* src, float* dst, int64_t rows, int64_t cols, int64_t rows16, int64_t cols16,
+template <typename T>
+void transpose_blocks16(const T* src, T* dst, int64_t rows, int64_t cols, int64_t rows16, int64_t cols16,
                         bool stream) {
   stream = stream && reinterpret_cast<uintptr_t>(dst) % kCacheLine == 0 && rows % 16 == 0;  // aligned lines only
   const int64_t bands = rows16 / 16, per_band = cols16 / 16, n_blocks = bands * per_band;
@@ -455,16 +525,16 @@ void transpose_blocks16(const float* src, float* dst, int64_t rows, int64_t cols
 }
 #endif
 
-// dst (cols, rows) = src (rows, cols) transposed, both contiguous. float with AVX-512: register blocks for
-// the part that is whole 16 x 16 blocks, tiles for the rest; otherwise tiles throughout. Exception: a
+// dst (cols, rows) = src (rows, cols) transposed, both contiguous. float or bfloat16 with AVX-512: register
+// blocks for the part that is whole 16 x 16 blocks, tiles for the rest; otherwise tiles throughout. Exception: a
 // cached (not streamed) output whose rows are a multiple of 4 KiB apart keeps the tiles, because a block's
 // 16 stores then all fall in one cache set (measured 1.6-2x slower than the tiles at n = 4096, 16384).
 template <typename T>
 void transpose_impl(const T* src, T* dst, int64_t rows, int64_t cols, bool stream) {
   int64_t rows16 = 0, cols16 = 0;
 #if defined(__AVX512F__)
-  if constexpr (std::is_same_v<T, float>) {
-    const bool one_set = (rows * int64_t(sizeof(float))) % 4096 == 0;
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16>) {
+    const bool one_set = (rows * int64_t(sizeof(T))) % 4096 == 0;
     if (rows >= 16 && cols >= 16 && (stream || !one_set)) {
       rows16 = rows / 16 * 16;
       cols16 = cols / 16 * 16;
@@ -477,15 +547,22 @@ void transpose_impl(const T* src, T* dst, int64_t rows, int64_t cols, bool strea
   transpose_tiles(src, dst, rows, cols, 0, rows16, cols16, cols);  // columns right of the blocks
 }
 
-// Calls f(integral_constant<W>) with W = tile_bytes / sizeof(T) elements, for a tile of 64-512 bytes.
+// Calls f(integral_constant<W>) with W = tile_bytes / sizeof(acc_t<T>) elements, for a tile of 64-512 bytes
+// of accumulators (the registers a tile takes; a bfloat16 tile of W elements gathers W * 2 bytes). A tile is
+// at least one 64-byte chunk of T: 128 bytes of accumulators for bfloat16.
 template <typename T, typename F>
 void with_tile(int64_t tile_bytes, F&& f) {
-  constexpr int E = static_cast<int>(sizeof(T));
+  constexpr int E = static_cast<int>(sizeof(acc_t<T>));
+  auto call = [&](auto bytes) {
+    constexpr int W = decltype(bytes)::value / E;
+    if constexpr (W % Lanes<T>::kElements == 0) f(std::integral_constant<int, W>{});
+    else TORCH_CHECK(false, "sparsetrain cpu kernels: tile_bytes for this dtype must be at least ", Lanes<T>::kElements * E);
+  };
   switch (tile_bytes) {
-    case 64: f(std::integral_constant<int, 64 / E>{}); break;
-    case 128: f(std::integral_constant<int, 128 / E>{}); break;
-    case 256: f(std::integral_constant<int, 256 / E>{}); break;
-    case 512: f(std::integral_constant<int, 512 / E>{}); break;
+    case 64: call(std::integral_constant<int, 64>{}); break;
+    case 128: call(std::integral_constant<int, 128>{}); break;
+    case 256: call(std::integral_constant<int, 256>{}); break;
+    case 512: call(std::integral_constant<int, 512>{}); break;
     default: TORCH_CHECK(false, "sparsetrain cpu kernels: tile_bytes must be 64, 128, 256 or 512, got ", tile_bytes);
   }
 }
@@ -503,8 +580,19 @@ void check_common(const torch::Tensor& index, const torch::Tensor& col, const ch
 void check_dense(const torch::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu() && t.dim() == 2 && t.is_contiguous(), name,
               " must be a contiguous 2-D CPU tensor (feature-major)");
-  TORCH_CHECK(t.scalar_type() == torch::kFloat32 || t.scalar_type() == torch::kFloat64, name,
-              " dtype must be float32 or float64, got ", t.scalar_type());
+  TORCH_CHECK(t.scalar_type() == torch::kFloat32 || t.scalar_type() == torch::kFloat64 ||
+                  t.scalar_type() == torch::kBFloat16, name, " dtype must be float32, float64 or bfloat16, got ",
+              t.scalar_type());
+}
+
+// The dtype kernels sum in for operands of dtype `t` (see acc_t).
+inline torch::ScalarType acc_dtype(torch::ScalarType t) { return t == torch::kBFloat16 ? torch::kFloat32 : t; }
+
+// A bfloat16 row walk keeps each output row's sums in registers from its first entry to its last, so it is
+// never column-blocked or swept (both store the sums between segments, which would round them each time).
+void check_unsplit(const torch::Tensor& t, int64_t col_block, int64_t sweep) {
+  TORCH_CHECK_VALUE(t.scalar_type() != torch::kBFloat16 || (col_block <= 0 && sweep <= 0),
+                    "bfloat16 row walks take col_block = 0 and sweep = 0, got ", col_block, " and ", sweep);
 }
 
 template <typename F>
@@ -539,10 +627,11 @@ torch::Tensor spmm(torch::Tensor crow, torch::Tensor col, torch::Tensor values, 
   TORCH_CHECK(values.numel() == nnz, "values must have one element per entry (", nnz, ")");
   const int64_t n_rows = crow.numel() - 1, R = x_fm.size(1);
   TORCH_CHECK(n_rows >= 0, "crow must have at least one element");
+  check_unsplit(x_fm, col_block, sweep);
   auto out = torch::empty({n_rows, R}, x_fm.options());
   if (n_rows == 0 || R == 0) return out;
   if (nnz == 0) return out.zero_();
-  AT_DISPATCH_FLOATING_TYPES(x_fm.scalar_type(), "sparsetrain_spmm", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND(torch::kBFloat16, x_fm.scalar_type(), "sparsetrain_spmm", [&] {
     using T = scalar_t;
     dispatch_index(col, [&](auto index_tag) {
       using I = decltype(index_tag);
@@ -579,14 +668,14 @@ std::tuple<torch::Tensor, torch::Tensor> grads_transposed(torch::Tensor ccol, to
   const int64_t n_in = x_fm.size(0), R = x_fm.size(1), nnz = pairs.size(0);
   TORCH_CHECK(ccol.numel() == n_in + 1, "ccol must have n_in + 1 = ", n_in + 1, " elements, got ", ccol.numel());
   TORCH_CHECK(values.numel() == nnz, "values must have one element per entry (", nnz, ")");
+  check_unsplit(x_fm, col_block, 0);
   auto grad_x = torch::empty({n_in, R}, x_fm.options());
-  auto grad_values = torch::empty({nnz}, x_fm.options());
+  auto grad_values = torch::empty({nnz}, x_fm.options().dtype(acc_dtype(x_fm.scalar_type())));
   if (R == 0 || nnz == 0) {
     grad_x.zero_();
-    grad_values.zero_();
-    return {grad_x, grad_values};
+    return {grad_x, grad_values.zero_().to(x_fm.scalar_type())};
   }
-  AT_DISPATCH_FLOATING_TYPES(x_fm.scalar_type(), "sparsetrain_grads_transposed", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND(torch::kBFloat16, x_fm.scalar_type(), "sparsetrain_grads_transposed", [&] {
     using T = scalar_t;
     dispatch_index(pairs, [&](auto index_tag) {
       using I = decltype(index_tag);
@@ -594,11 +683,11 @@ std::tuple<torch::Tensor, torch::Tensor> grads_transposed(torch::Tensor ccol, to
         constexpr int W = decltype(wc)::value;
         grads_transposed_impl<T, I, W>(ccol.data_ptr<I>(), pairs.data_ptr<I>(), values.data_ptr<T>(),
                                        gy_fm.data_ptr<T>(), x_fm.data_ptr<T>(), grad_x.data_ptr<T>(),
-                                       grad_values.data_ptr<T>(), n_in, R, gy_fm.size(0), col_block, prefetch);
+                                       grad_values.data_ptr<acc_t<T>>(), n_in, R, gy_fm.size(0), col_block, prefetch);
       });
     });
   });
-  return {grad_x, grad_values};
+  return {grad_x, grad_values.to(x_fm.scalar_type())};
 }
 
 // stream: non-temporal stores where the fast path can use them (an output too large to stay in cache).
@@ -607,7 +696,7 @@ torch::Tensor transpose(torch::Tensor src, bool stream) {
   const int64_t rows = src.size(0), cols = src.size(1);
   auto out = torch::empty({cols, rows}, src.options());
   if (rows == 0 || cols == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "sparsetrain_transpose", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND(torch::kBFloat16, src.scalar_type(), "sparsetrain_transpose", [&] {
     transpose_impl<scalar_t>(src.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), rows, cols, stream);
   });
   return out;
@@ -623,10 +712,9 @@ torch::Tensor sddmm(torch::Tensor crow_or_rows, torch::Tensor col, torch::Tensor
   const int64_t nnz = col.numel(), R = left_fm.size(1);
   const int64_t n_rows = coo ? left_fm.size(0) : crow_or_rows.numel() - 1;
   if (coo) TORCH_CHECK(crow_or_rows.numel() == nnz, "rows and cols must have the same length");
-  auto out = torch::empty({nnz}, left_fm.options());
-  if (nnz == 0) return out;
-  if (R == 0) return out.zero_();
-  AT_DISPATCH_FLOATING_TYPES(left_fm.scalar_type(), "sparsetrain_sddmm", [&] {
+  auto out = torch::empty({nnz}, left_fm.options().dtype(acc_dtype(left_fm.scalar_type())));
+  if (nnz == 0 || R == 0) return out.zero_().to(left_fm.scalar_type());
+  AT_DISPATCH_FLOATING_TYPES_AND(torch::kBFloat16, left_fm.scalar_type(), "sparsetrain_sddmm", [&] {
     using T = scalar_t;
     dispatch_index(col, [&](auto index_tag) {
       using I = decltype(index_tag);
@@ -635,14 +723,14 @@ torch::Tensor sddmm(torch::Tensor crow_or_rows, torch::Tensor col, torch::Tensor
         const I* idx = crow_or_rows.data_ptr<I>();
         if (coo)
           sddmm_coo_impl<T, I, W>(idx, col.data_ptr<I>(), left_fm.data_ptr<T>(), right_fm.data_ptr<T>(),
-                                  out.data_ptr<T>(), nnz, R, prefetch);
+                                  out.data_ptr<acc_t<T>>(), nnz, R, prefetch);
         else
           sddmm_csr_impl<T, I, W>(idx, n_rows, col.data_ptr<I>(), left_fm.data_ptr<T>(), right_fm.data_ptr<T>(),
-                                  out.data_ptr<T>(), R, right_fm.size(0), col_block, sweep, prefetch);
+                                  out.data_ptr<acc_t<T>>(), R, right_fm.size(0), col_block, sweep, prefetch);
       });
     });
   });
-  return out;
+  return out.to(left_fm.scalar_type());
 }
 
 // Stable counting sort of col: perm lists entry ids in column-major order, ccol are the column pointers.
@@ -1707,7 +1795,7 @@ int64_t row_candidates(const UnitSampler& cols, uint64_t row_seed, int64_t n_dra
 template <typename T, int W>
 void score_rows(const int64_t* crow, const int32_t* col, int64_t r_begin, int64_t r_end,
                 const std::vector<const T*>& lefts, const std::vector<const T*>& rights,
-                const std::vector<int64_t>& widths, bool absolute, int64_t prefetch, T* score) {
+                const std::vector<int64_t>& widths, bool absolute, int64_t prefetch, acc_t<T>* score) {
   const int64_t n_parts = static_cast<int64_t>(lefts.size());
   for (int64_t r = r_begin; r < r_end; ++r) {
     const int64_t e0 = crow[r], e1 = crow[r + 1];
@@ -1827,8 +1915,8 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> sample_and_score(
   for (int64_t r = 0; r < n_out; ++r) kept[r + 1] += kept[r];
 
   // 3. scores
-  auto score = torch::empty({n_cand}, lefts[0].options());
-  AT_DISPATCH_FLOATING_TYPES(lefts[0].scalar_type(), "sparsetrain_sample_and_score", [&] {
+  auto score = torch::empty({n_cand}, lefts[0].options().dtype(acc_dtype(lefts[0].scalar_type())));
+  AT_DISPATCH_FLOATING_TYPES_AND(torch::kBFloat16, lefts[0].scalar_type(), "sparsetrain_sample_and_score", [&] {
     std::vector<const scalar_t*> left_ptrs, right_ptrs;
     std::vector<int64_t> widths;
     for (size_t p = 0; p < lefts.size(); ++p) {
@@ -1837,7 +1925,7 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> sample_and_score(
       widths.push_back(lefts[p].size(1));
     }
     const std::vector<int64_t> score_bounds = balanced_row_chunks(kept, n_out, n_chunks);
-    scalar_t* so = score.data_ptr<scalar_t>();
+    acc_t<scalar_t>* so = score.data_ptr<acc_t<scalar_t>>();
     with_tile<scalar_t>(tile_bytes, [&](auto wc) {
       constexpr int W = decltype(wc)::value;
       parallel_chunks(nt, n_chunks, [&](int64_t c) {
@@ -1846,7 +1934,7 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> sample_and_score(
       });
     });
   });
-  return {cand_crow, cand_col.narrow(0, 0, n_cand), score};
+  return {cand_crow, cand_col.narrow(0, 0, n_cand), score.to(lefts[0].scalar_type())};
 }
 
 // Linear positions row * n_cols + col of the entries `slots` (ascending) of a CSR (int64 row pointers).

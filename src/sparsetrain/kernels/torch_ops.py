@@ -34,6 +34,10 @@ def sddmm(crow: torch.Tensor, col: torch.Tensor, left_fm: torch.Tensor, right_fm
     n_rows, n_cols = crow.numel() - 1, right_fm.shape[0]
     if col.numel() == 0:
         return left_fm.new_zeros(0)
+    if left_fm.dtype == torch.bfloat16 and left_fm.device.type == "cpu":
+        # torch's CPU sampled_addmm has no bfloat16: sum in float32 copies of the two (activation-sized)
+        # operands, as our kernels do, and round the result once
+        return sddmm(crow, col, left_fm.float(), right_fm.float()).to(torch.bfloat16)
     pattern = _csr(crow, col, left_fm.new_zeros(col.numel()), (n_rows, n_cols))  # beta=0 still reads it: 0·NaN = NaN
     out = torch.sparse.sampled_addmm(pattern, left_fm, right_fm.t(), beta=0.0, alpha=1.0)
     return out.values()
