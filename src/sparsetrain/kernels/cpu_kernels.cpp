@@ -319,10 +319,11 @@ void spmm_impl(const I* crow, const I* col, const T* val, const I* perm, const T
 }
 
 // out[e] (+)= <left[row_e, r0:r0+w], right[col_e, r0:r0+w]>, one row's run of entries at a time (the left
-// row's tile stays in registers for the run). out is acc_t<T>: sums over batch tiles are not rounded to T. CSR form: row chunks, walked by column block like SpMM.
+// row's tile stays in registers for the run). O: acc_t<T> where several batch tiles add into out (their
+// sums are not rounded to T in between); T itself for a single tile (rounded once, as it is written). CSR form: row chunks, walked by column block like SpMM.
 // COO form (explicit rows, any order): entries [e_begin, e_end), runs of equal rows.
-template <typename T, typename I, int W>
-int64_t sddmm_run(const T* a, const I* col, const T* right, acc_t<T>* out, int64_t R, int64_t w, bool accumulate,
+template <typename T, typename I, int W, typename O = acc_t<T>>
+int64_t sddmm_run(const T* a, const I* col, const T* right, O* out, int64_t R, int64_t w, bool accumulate,
                   int64_t e, int64_t e_end, int64_t limit, int64_t prefetch_end, int64_t prefetch) {
   if (w == W) {
     Tile<T, W> row_tile;
@@ -331,34 +332,34 @@ int64_t sddmm_run(const T* a, const I* col, const T* right, acc_t<T>* out, int64
       if (prefetch > 0 && e + prefetch < prefetch_end)
         prefetch_tile<I>(right + static_cast<int64_t>(col[e + prefetch]) * R, W * sizeof(T));
       const acc_t<T> s = row_tile.dot(right + static_cast<int64_t>(col[e]) * R);
-      out[e] = accumulate ? out[e] + s : s;
+      out[e] = accumulate ? O(out[e] + s) : O(s);
     }
   } else {
     for (; e < e_end && static_cast<int64_t>(col[e]) < limit; ++e) {
       const T* b = right + static_cast<int64_t>(col[e]) * R;
       acc_t<T> s = 0;
       for (int64_t k = 0; k < w; ++k) s += acc_t<T>(a[k]) * acc_t<T>(b[k]);
-      out[e] = accumulate ? out[e] + s : s;
+      out[e] = accumulate ? O(out[e] + s) : O(s);
     }
   }
   return e;
 }
 
-template <typename T, typename I, int W>
-void sddmm_csr_impl(const I* crow, int64_t n_rows, const I* col, const T* left, const T* right, acc_t<T>* out,
+template <typename T, typename I, int W, typename O>
+void sddmm_csr_impl(const I* crow, int64_t n_rows, const I* col, const T* left, const T* right, O* out,
                     int64_t R, int64_t n_cols, int64_t block, int64_t sweep, int64_t prefetch) {
   for_row_chunks<W>(crow, n_rows, R, n_cols, sweep,
                     [&](int64_t r0, int64_t w, int64_t row_begin, int64_t row_end, const Pass& pass) {
     const int64_t last = crow[row_end];
     for_row_segments(crow, row_begin, row_end, n_cols, block, pass,
                      [&](int64_t i, int64_t p, int64_t end, int64_t limit, bool) {
-      return sddmm_run<T, I, W>(left + i * R + r0, col, right + r0, out, R, w, r0 > 0, p, end, limit, last, prefetch);
+      return sddmm_run<T, I, W, O>(left + i * R + r0, col, right + r0, out, R, w, r0 > 0, p, end, limit, last, prefetch);
     });
   });
 }
 
-template <typename T, typename I, int W>
-void sddmm_coo_impl(const I* rows, const I* col, const T* left, const T* right, acc_t<T>* out, int64_t nnz, int64_t R,
+template <typename T, typename I, int W, typename O>
+void sddmm_coo_impl(const I* rows, const I* col, const T* left, const T* right, O* out, int64_t nnz, int64_t R,
                     int64_t prefetch) {
   const int nt = team_size(nnz * R);
   const int64_t n_chunks = std::max<int64_t>(1, std::min<int64_t>(nnz / 64 + 1, int64_t(nt) * kChunksPerThread));
@@ -372,7 +373,7 @@ void sddmm_coo_impl(const I* rows, const I* col, const T* left, const T* right, 
         const int64_t row = rows[e];
         int64_t run_end = e + 1;
         while (run_end < e_end && static_cast<int64_t>(rows[run_end]) == row) ++run_end;
-        sddmm_run<T, I, W>(left + row * R + r0, col, right + r0, out, R, w, r0 > 0, e, run_end, kNoLimit, e_end,
+        sddmm_run<T, I, W, O>(left + row * R + r0, col, right + r0, out, R, w, r0 > 0, e, run_end, kNoLimit, e_end,
                            prefetch);
         e = run_end;
       }
@@ -385,11 +386,11 @@ void sddmm_coo_impl(const I* rows, const I* col, const T* left, const T* right, 
 // Every entry gathers its gy row once for both (two separate walks gather it twice: once by the input-
 // gradient SpMM, once, as a gy row against a gathered x row, by the CSR SDDMM); x[j] is read once per row.
 // The value gradient is written through the slot (slots of one row are scattered; each is written by
-// exactly one entry, so threads never share one), prefetched for writing like the value reads; it is
-// acc_t<T>, like the SDDMM's output.
-template <typename T, typename I, int W>
+// exactly one entry, so threads never share one), prefetched for writing like the value reads; O as for
+// the SDDMM (sddmm_run).
+template <typename T, typename I, int W, typename O>
 void grads_transposed_impl(const I* ccol, const I* pairs, const T* val, const T* gy, const T* x, T* grad_x,
-                           acc_t<T>* grad_val, int64_t n_in, int64_t R, int64_t n_out, int64_t block, int64_t prefetch) {
+                           O* grad_val, int64_t n_in, int64_t R, int64_t n_out, int64_t block, int64_t prefetch) {
   using C = acc_t<T>;
   for_row_chunks<W>(ccol, n_in, R, n_out, 0, [&](int64_t r0, int64_t w, int64_t row_begin, int64_t row_end,
                                                   const Pass& pass) {
@@ -415,7 +416,7 @@ void grads_transposed_impl(const I* ccol, const I* pairs, const T* val, const T*
           const int64_t s = pairs[2 * p];
           acc.axpy(val[s], g);
           const C d = xt.dot(g);
-          grad_val[s] = accumulate ? grad_val[s] + d : d;
+          grad_val[s] = accumulate ? O(grad_val[s] + d) : O(d);
         }
         acc.store(o);
       } else {
@@ -430,7 +431,7 @@ void grads_transposed_impl(const I* ccol, const I* pairs, const T* val, const T*
             gx[k] += v * C(g[k]);
             d += C(xj[k]) * C(g[k]);
           }
-          grad_val[s] = accumulate ? grad_val[s] + d : d;
+          grad_val[s] = accumulate ? O(grad_val[s] + d) : O(d);
         }
         for (int64_t k = 0; k < w; ++k) o[k] = T(gx[k]);
       }
@@ -588,6 +589,21 @@ void check_dense(const torch::Tensor& t, const char* name) {
 // The dtype kernels sum in for operands of dtype `t` (see acc_t).
 inline torch::ScalarType acc_dtype(torch::ScalarType t) { return t == torch::kBFloat16 ? torch::kFloat32 : t; }
 
+// f(out pointer) for an SDDMM-like output of n elements of dtype T summed over batch tiles of W: written in T
+// directly when the batch is one tile, else summed in an acc_t<T> tensor that is rounded to T afterwards.
+// Returns the output in T.
+template <typename T, int W, typename F>
+torch::Tensor with_sum_output(int64_t n, int64_t R, const torch::TensorOptions& options, F&& f) {
+  if (std::is_same_v<T, acc_t<T>> || R <= W) {
+    auto out = torch::empty({n}, options);
+    f(out.template data_ptr<T>());
+    return out;
+  }
+  auto sums = torch::empty({n}, options.dtype(acc_dtype(options.dtype().toScalarType())));
+  f(sums.template data_ptr<acc_t<T>>());
+  return sums.to(options.dtype().toScalarType());
+}
+
 // A bfloat16 row walk keeps each output row's sums in registers from its first entry to its last, so it is
 // never column-blocked or swept (both store the sums between segments, which would round them each time).
 void check_unsplit(const torch::Tensor& t, int64_t col_block, int64_t sweep) {
@@ -670,24 +686,23 @@ std::tuple<torch::Tensor, torch::Tensor> grads_transposed(torch::Tensor ccol, to
   TORCH_CHECK(values.numel() == nnz, "values must have one element per entry (", nnz, ")");
   check_unsplit(x_fm, col_block, 0);
   auto grad_x = torch::empty({n_in, R}, x_fm.options());
-  auto grad_values = torch::empty({nnz}, x_fm.options().dtype(acc_dtype(x_fm.scalar_type())));
-  if (R == 0 || nnz == 0) {
-    grad_x.zero_();
-    return {grad_x, grad_values.zero_().to(x_fm.scalar_type())};
-  }
+  torch::Tensor grad_values;
+  if (R == 0 || nnz == 0) return {grad_x.zero_(), torch::zeros({nnz}, x_fm.options())};
   AT_DISPATCH_FLOATING_TYPES_AND(torch::kBFloat16, x_fm.scalar_type(), "sparsetrain_grads_transposed", [&] {
     using T = scalar_t;
     dispatch_index(pairs, [&](auto index_tag) {
       using I = decltype(index_tag);
       with_tile<T>(tile_bytes, [&](auto wc) {
         constexpr int W = decltype(wc)::value;
-        grads_transposed_impl<T, I, W>(ccol.data_ptr<I>(), pairs.data_ptr<I>(), values.data_ptr<T>(),
-                                       gy_fm.data_ptr<T>(), x_fm.data_ptr<T>(), grad_x.data_ptr<T>(),
-                                       grad_values.data_ptr<acc_t<T>>(), n_in, R, gy_fm.size(0), col_block, prefetch);
+        grad_values = with_sum_output<T, W>(nnz, R, x_fm.options(), [&](auto* out) {
+          grads_transposed_impl<T, I, W>(ccol.data_ptr<I>(), pairs.data_ptr<I>(), values.data_ptr<T>(),
+                                         gy_fm.data_ptr<T>(), x_fm.data_ptr<T>(), grad_x.data_ptr<T>(), out, n_in, R,
+                                         gy_fm.size(0), col_block, prefetch);
+        });
       });
     });
   });
-  return {grad_x, grad_values.to(x_fm.scalar_type())};
+  return {grad_x, grad_values};
 }
 
 // stream: non-temporal stores where the fast path can use them (an output too large to stay in cache).
@@ -712,8 +727,8 @@ torch::Tensor sddmm(torch::Tensor crow_or_rows, torch::Tensor col, torch::Tensor
   const int64_t nnz = col.numel(), R = left_fm.size(1);
   const int64_t n_rows = coo ? left_fm.size(0) : crow_or_rows.numel() - 1;
   if (coo) TORCH_CHECK(crow_or_rows.numel() == nnz, "rows and cols must have the same length");
-  auto out = torch::empty({nnz}, left_fm.options().dtype(acc_dtype(left_fm.scalar_type())));
-  if (nnz == 0 || R == 0) return out.zero_().to(left_fm.scalar_type());
+  if (nnz == 0 || R == 0) return torch::zeros({nnz}, left_fm.options());
+  torch::Tensor out;
   AT_DISPATCH_FLOATING_TYPES_AND(torch::kBFloat16, left_fm.scalar_type(), "sparsetrain_sddmm", [&] {
     using T = scalar_t;
     dispatch_index(col, [&](auto index_tag) {
@@ -721,16 +736,18 @@ torch::Tensor sddmm(torch::Tensor crow_or_rows, torch::Tensor col, torch::Tensor
       with_tile<T>(tile_bytes, [&](auto wc) {
         constexpr int W = decltype(wc)::value;
         const I* idx = crow_or_rows.data_ptr<I>();
-        if (coo)
-          sddmm_coo_impl<T, I, W>(idx, col.data_ptr<I>(), left_fm.data_ptr<T>(), right_fm.data_ptr<T>(),
-                                  out.data_ptr<acc_t<T>>(), nnz, R, prefetch);
-        else
-          sddmm_csr_impl<T, I, W>(idx, n_rows, col.data_ptr<I>(), left_fm.data_ptr<T>(), right_fm.data_ptr<T>(),
-                                  out.data_ptr<acc_t<T>>(), R, right_fm.size(0), col_block, sweep, prefetch);
+        out = with_sum_output<T, W>(nnz, R, left_fm.options(), [&](auto* o) {
+          if (coo)
+            sddmm_coo_impl<T, I, W>(idx, col.data_ptr<I>(), left_fm.data_ptr<T>(), right_fm.data_ptr<T>(), o, nnz, R,
+                                    prefetch);
+          else
+            sddmm_csr_impl<T, I, W>(idx, n_rows, col.data_ptr<I>(), left_fm.data_ptr<T>(), right_fm.data_ptr<T>(), o,
+                                    R, right_fm.size(0), col_block, sweep, prefetch);
+        });
       });
     });
   });
-  return out.to(left_fm.scalar_type());
+  return out;
 }
 
 // Stable counting sort of col: perm lists entry ids in column-major order, ccol are the column pointers.

@@ -176,6 +176,8 @@ def select_k(scores: torch.Tensor, k: int, largest: bool = True, absolute: bool 
     k = max(0, min(int(k), n))
     cpp = _cpp(scores.device, scores.dtype)
     if cpp is not None:
+        if scores.dtype == torch.bfloat16:  # widened exactly, so the order and the ties are the same
+            scores = scores.float()
         return cpp.select_k(scores, k, bool(largest), bool(absolute))
     if absolute:
         scores = scores.abs()
