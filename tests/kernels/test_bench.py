@@ -76,3 +76,17 @@ def test_bench_rejects_an_unknown_dtype(capsys):
     with pytest.raises(SystemExit):
         bench.main(["layer", "--dtype", "float16"])
     assert "invalid choice: 'float16' (choose from 'float32', 'bfloat16')" in capsys.readouterr().err
+
+
+def test_dtype_ab_quick(tmp_path, monkeypatch):
+    import pathlib
+    import runpy
+
+    pytest.importorskip("sparsetrain.kernels.cpp_ext")
+    script = pathlib.Path(__file__).parents[2] / "benchmarks" / "dtype_ab.py"
+    out = tmp_path / "ab.json"
+    monkeypatch.setattr("sys.argv", [str(script), "--quick", "--rounds", "1", "--out", str(out)])
+    runpy.run_path(str(script), run_name="__main__")
+    data = json.loads(out.read_text())
+    assert [r["n"] for r in data["rows"]] == [1024, 4096] and set(data["exponent"]) == {"float32", "bfloat16"}
+    assert all(r["float32_ns"] > 0 and r["bfloat16_ns"] > 0 and r["ratio"] > 0 for r in data["rows"])

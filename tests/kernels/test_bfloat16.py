@@ -117,15 +117,33 @@ def test_bfloat16_growth_scores_match_float64():
     assert_rounded_reference(s16, s64)
 
 
-def test_bfloat16_walks_refuse_column_blocks_and_sweeps():
-    """A bfloat16 row walk keeps its float32 sums in registers for the whole row; splitting it would round
-    them between segments, so the kernel refuses, naming the fields."""
+def test_bfloat16_walks_refuse_sweeps():
+    """A bfloat16 row walk keeps its float32 sums until the row's last entry (between column blocks in a
+    scratch of one tile of rows); an L3 sweep would need them for every row, so the kernel refuses it."""
     cpp_ext = pytest.importorskip("sparsetrain.kernels.cpp_ext")
     m = random_csr(7, 13, 40, 3, 5, seed=1, dtype=BF16)
     x = dense_fm(13, 32, seed=2, dtype=BF16)
     tile, prefetch, block, sweep = cpp_ext.walk_plan(m.crow, x)
-    assert (tile, block, sweep) == (128, 0, 0)
-    with pytest.raises(ValueError, match="bfloat16 row walks take col_block = 0 and sweep = 0, got 3 and 0"):
-        cpp_ext.load().spmm(m.crow, m.col, m.values, x, None, 128, 0, 3, 0, False)
+    assert (tile, sweep) == (128, 0)
+    with pytest.raises(ValueError, match="bfloat16 row walks take sweep = 0, got 5"):
+        cpp_ext.load().spmm(m.crow, m.col, m.values, x, None, 128, 0, 0, 5, False)
     with pytest.raises(RuntimeError, match="tile_bytes for this dtype must be at least 128"):
         cpp_ext.load().spmm(m.crow, m.col, m.values, x, None, 64, 0, 0, 0, False)
+
+
+@pytest.mark.parametrize("block", ["1", "3", "37"])
+def test_bfloat16_column_blocked_walks_round_once(monkeypatch, block):
+    """Forced column blocks: the float32 sums wait in the thread's scratch between blocks, so the results
+    are those of the unblocked walk, bitwise (several tiles of rows, register and scalar paths)."""
+    cpp_ext = pytest.importorskip("sparsetrain.kernels.cpp_ext")
+    m = random_csr(700, 300, 30000, 3, 7, seed=4, dtype=BF16)
+    transposed = (m.ccol, m.row_t, m.perm_t)
+    for R in (5, 128, 300):
+        x, gy = dense_fm(300, R, seed=5, dtype=BF16), dense_fm(700, R, seed=6, dtype=BF16)
+        monkeypatch.setattr(cpp_ext, "COLUMN_BLOCK", "0")
+        plain = (kernels.spmm(m.crow, m.col, m.values, x, 300), *kernels.linear_grads(m.crow, m.col, m.values, gy, x, transposed))
+        monkeypatch.setattr(cpp_ext, "COLUMN_BLOCK", block)
+        blocked = (kernels.spmm(m.crow, m.col, m.values, x, 300), *kernels.linear_grads(m.crow, m.col, m.values, gy, x, transposed))
+        for a, b in zip(plain, blocked):
+            assert torch.equal(a, b)
+        assert_rounded_reference(blocked[0], m.dense() @ x.double())

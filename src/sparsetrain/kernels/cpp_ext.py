@@ -190,12 +190,12 @@ def sweep_columns(n_cols: int, fan: int, tile: int, permuted: bool = False) -> i
 def walk_plan(crow: torch.Tensor, gathered_fm: torch.Tensor, permuted: bool = False) -> tuple[int, int, int, int]:
     """(tile bytes, prefetch distance, column block, sweep columns) for a row walk over `crow` that gathers
     rows of `gathered_fm` (`permuted`: reading its values through a permutation): the prefetch only when the
-    operand is beyond L3 and not swept through it. A bfloat16 walk is never blocked or swept: it keeps each
-    row's float32 sums in registers from the row's first entry to its last and rounds them once."""
+    operand is beyond L3 and not swept through it. A bfloat16 walk is never swept (its rows' float32 sums
+    would have to wait in memory between passes), and its gathered rows are half its accumulator tile."""
     tile = accumulator_tile(gathered_fm)
-    if gathered_fm.dtype == torch.bfloat16:
-        return tile, prefetch_distance(gathered_fm), 0, 0
     n_cols, fan = gathered_fm.shape[0], mean_fan(crow)
+    if gathered_fm.dtype == torch.bfloat16:
+        return tile, prefetch_distance(gathered_fm), column_block(n_cols, fan, tile // 2), 0
     sweep = sweep_columns(n_cols, fan, tile, permuted)
     return tile, 0 if sweep else prefetch_distance(gathered_fm), column_block(n_cols, fan, tile), sweep
 

@@ -203,7 +203,9 @@ void check_row_pointers(const I* crow, int64_t n_rows, int64_t nnz) {
 // L2 while it is reused, instead of streaming it from L3 once per entry. Segment starts are per-row cursors
 // advanced block by block (no stored index). seg(i, p_begin, p_end, limit, first) handles row i's entries
 // from p_begin up to p_end or the first column >= limit, and returns where it stopped (testing the column
-// in the compute loop is cheaper than finding the segment end first); first: the row's first block.
+// in the compute loop is cheaper than finding the segment end first); first: the row's first block; last:
+// its last block of the whole walk; slot: the row's place in its tile of kTileRows rows (0 when unblocked),
+// where a kernel whose sums are wider than its output keeps them between blocks (RowSums).
 // block <= 0 or >= n_cols: one call per row, the plain CSR walk.
 constexpr int64_t kTileRows = 256;
 constexpr int64_t kValuePrefetch = 32;  // entries ahead for values read through a permutation
@@ -224,9 +226,11 @@ void for_row_segments(const I* crow, int64_t row_begin, int64_t row_end, int64_t
   auto start = [&](int64_t i) { return fresh ? static_cast<int64_t>(crow[i]) : pass.cursor[i]; };
   auto stop = [&](int64_t i, int64_t p) { if (pass.cursor != nullptr) pass.cursor[i] = p; };
   const int64_t end = std::min(pass.end, n_cols);
+  const bool final_pass = end >= n_cols;
   if (block <= 0 || pass.begin + block >= end) {
-    const int64_t limit = end >= n_cols ? kNoLimit : end;
-    for (int64_t i = row_begin; i < row_end; ++i) stop(i, seg(i, start(i), static_cast<int64_t>(crow[i + 1]), limit, fresh));
+    const int64_t limit = final_pass ? kNoLimit : end;
+    for (int64_t i = row_begin; i < row_end; ++i)
+      stop(i, seg(i, start(i), static_cast<int64_t>(crow[i + 1]), limit, fresh, final_pass, int64_t(0)));
     return;
   }
   int64_t cursor[kTileRows];
@@ -234,13 +238,48 @@ void for_row_segments(const I* crow, int64_t row_begin, int64_t row_end, int64_t
     const int64_t te = std::min(tb + kTileRows, row_end);
     for (int64_t i = tb; i < te; ++i) cursor[i - tb] = start(i);
     for (int64_t limit = pass.begin + block; limit - block < end; limit += block) {
-      const bool first = fresh && limit == block;
-      const int64_t lim = limit >= end ? (end >= n_cols ? kNoLimit : end) : limit;
-      for (int64_t i = tb; i < te; ++i) cursor[i - tb] = seg(i, cursor[i - tb], static_cast<int64_t>(crow[i + 1]), lim, first);
+      const bool first = fresh && limit == block, last = final_pass && limit >= end;
+      const int64_t lim = limit >= end ? (final_pass ? kNoLimit : end) : limit;
+      for (int64_t i = tb; i < te; ++i)
+        cursor[i - tb] = seg(i, cursor[i - tb], static_cast<int64_t>(crow[i + 1]), lim, first, last, i - tb);
     }
     for (int64_t i = tb; i < te; ++i) stop(i, cursor[i - tb]);
   }
 }
+
+// Where a row's batch-tile sums live between the column blocks of a walk: in the output row itself when the
+// sums are T, else (bfloat16) in a thread's float32 scratch of kTileRows tile rows, so they are rounded to T
+// once, at the row's last block. load/store: the register tile (or the scalar path's array) from/to there.
+template <typename T, int W>
+struct RowSums {
+  using C = acc_t<T>;
+  static constexpr bool kWide = !std::is_same_v<T, C>;
+  C* scratch = nullptr;
+  RowSums() {
+    if constexpr (kWide) {
+      static thread_local std::vector<C> buffer;
+      buffer.resize(kTileRows * W);
+      scratch = buffer.data();
+    }
+  }
+  void load(Tile<T, W>& t, const T* o, bool first, int64_t slot) const {
+    if (first) t.zero();
+    else if constexpr (kWide) std::memcpy(t.v, scratch + slot * W, sizeof(t.v));
+    else t.load(o);
+  }
+  void store(const Tile<T, W>& t, T* o, bool last, int64_t slot) const {
+    if (kWide && !last) std::memcpy(scratch + slot * W, t.v, sizeof(t.v));
+    else t.store(o);
+  }
+  void load(C* a, const T* o, int64_t w, bool first, int64_t slot) const {
+    const C* from = kWide ? scratch + slot * W : nullptr;
+    for (int64_t k = 0; k < w; ++k) a[k] = first ? C(0) : kWide ? from[k] : C(o[k]);
+  }
+  void store(const C* a, T* o, int64_t w, bool last, int64_t slot) const {
+    if (kWide && !last) std::memcpy(scratch + slot * W, a, w * sizeof(C));
+    else for (int64_t k = 0; k < w; ++k) o[k] = T(a[k]);
+  }
+};
 
 // out[i, r0:r0+w] = sum_p v(p) * x[col[p], r0:r0+w] for rows [row_begin, row_end), with v(p) = val[p], or
 // val[perm[p]] when perm is given (the transposed CSR reading the row-major values in place, the value
@@ -260,26 +299,27 @@ void spmm_rows(const I* crow, const I* col, const T* val, const I* perm, const T
     if (p + kValuePrefetch < last) __builtin_prefetch(val + perm[(p + kValuePrefetch) * S], 0, 1);
     return val[perm[p * S]];
   };
+  const RowSums<T, W> sums;
   for_row_segments(crow, row_begin, row_end, n_cols, block, pass,
-                   [&](int64_t i, int64_t p, int64_t end, int64_t limit, bool first) {
+                   [&](int64_t i, int64_t p, int64_t end, int64_t limit, bool first, bool final, int64_t slot) {
     T* o = out + i * R + r0;
     if (w == W) {
       Tile<T, W> acc;
-      if (first) acc.zero(); else acc.load(o);
+      sums.load(acc, o, first, slot);
       for (; p < end && column(p) < limit; ++p) {
         if (prefetch > 0 && p + prefetch < last) prefetch_tile<I>(x + column(p + prefetch) * R + r0, W * sizeof(T));
         acc.axpy(value(p), x + column(p) * R + r0);
       }
-      acc.store(o);
+      sums.store(acc, o, final, slot);
     } else {
       C acc[W];
-      for (int64_t k = 0; k < w; ++k) acc[k] = first ? C(0) : C(o[k]);
+      sums.load(acc, o, w, first, slot);
       for (; p < end && column(p) < limit; ++p) {
         const C v = value(p);
         const T* xr = x + column(p) * R + r0;
         for (int64_t k = 0; k < w; ++k) acc[k] += v * C(xr[k]);
       }
-      for (int64_t k = 0; k < w; ++k) o[k] = T(acc[k]);
+      sums.store(acc, o, w, final, slot);
     }
     return p;
   });
@@ -352,7 +392,7 @@ void sddmm_csr_impl(const I* crow, int64_t n_rows, const I* col, const T* left, 
                     [&](int64_t r0, int64_t w, int64_t row_begin, int64_t row_end, const Pass& pass) {
     const int64_t last = crow[row_end];
     for_row_segments(crow, row_begin, row_end, n_cols, block, pass,
-                     [&](int64_t i, int64_t p, int64_t end, int64_t limit, bool) {
+                     [&](int64_t i, int64_t p, int64_t end, int64_t limit, bool, bool, int64_t) {
       return sddmm_run<T, I, W, O>(left + i * R + r0, col, right + r0, out, R, w, r0 > 0, p, end, limit, last, prefetch);
     });
   });
@@ -396,13 +436,14 @@ void grads_transposed_impl(const I* ccol, const I* pairs, const T* val, const T*
                                                   const Pass& pass) {
     const int64_t last = ccol[row_end];
     const bool accumulate = r0 > 0;
+    const RowSums<T, W> sums;
     for_row_segments(ccol, row_begin, row_end, n_out, block, pass,
-                     [&](int64_t j, int64_t p, int64_t end, int64_t limit, bool first) {
+                     [&](int64_t j, int64_t p, int64_t end, int64_t limit, bool first, bool final, int64_t slot) {
       T* o = grad_x + j * R + r0;
       const T* xj = x + j * R + r0;
       if (w == W) {
         Tile<T, W> acc, xt;
-        if (first) acc.zero(); else acc.load(o);
+        sums.load(acc, o, first, slot);
         xt.load(xj);
         for (; p < end && static_cast<int64_t>(pairs[2 * p + 1]) < limit; ++p) {
           if (p + kValuePrefetch < last) {
@@ -418,10 +459,10 @@ void grads_transposed_impl(const I* ccol, const I* pairs, const T* val, const T*
           const C d = xt.dot(g);
           grad_val[s] = accumulate ? O(grad_val[s] + d) : O(d);
         }
-        acc.store(o);
+        sums.store(acc, o, final, slot);
       } else {
         C gx[W];
-        for (int64_t k = 0; k < w; ++k) gx[k] = first ? C(0) : C(o[k]);
+        sums.load(gx, o, w, first, slot);
         for (; p < end && static_cast<int64_t>(pairs[2 * p + 1]) < limit; ++p) {
           const T* g = gy + static_cast<int64_t>(pairs[2 * p + 1]) * R + r0;
           const int64_t s = pairs[2 * p];
@@ -433,7 +474,7 @@ void grads_transposed_impl(const I* ccol, const I* pairs, const T* val, const T*
           }
           grad_val[s] = accumulate ? O(grad_val[s] + d) : O(d);
         }
-        for (int64_t k = 0; k < w; ++k) o[k] = T(gx[k]);
+        sums.store(gx, o, w, final, slot);
       }
       return p;
     });
@@ -604,11 +645,12 @@ torch::Tensor with_sum_output(int64_t n, int64_t R, const torch::TensorOptions& 
   return sums.to(options.dtype().toScalarType());
 }
 
-// A bfloat16 row walk keeps each output row's sums in registers from its first entry to its last, so it is
-// never column-blocked or swept (both store the sums between segments, which would round them each time).
-void check_unsplit(const torch::Tensor& t, int64_t col_block, int64_t sweep) {
-  TORCH_CHECK_VALUE(t.scalar_type() != torch::kBFloat16 || (col_block <= 0 && sweep <= 0),
-                    "bfloat16 row walks take col_block = 0 and sweep = 0, got ", col_block, " and ", sweep);
+// A bfloat16 row walk keeps each output row's float32 sums until the row's last entry (RowSums: a tile of
+// rows' worth of scratch between column blocks), so it is never swept: an L3 pass over all rows would need
+// float32 sums for every row between passes.
+void check_unswept(const torch::Tensor& t, int64_t sweep) {
+  TORCH_CHECK_VALUE(t.scalar_type() != torch::kBFloat16 || sweep <= 0, "bfloat16 row walks take sweep = 0, got ",
+                    sweep);
 }
 
 template <typename F>
@@ -643,7 +685,7 @@ torch::Tensor spmm(torch::Tensor crow, torch::Tensor col, torch::Tensor values, 
   TORCH_CHECK(values.numel() == nnz, "values must have one element per entry (", nnz, ")");
   const int64_t n_rows = crow.numel() - 1, R = x_fm.size(1);
   TORCH_CHECK(n_rows >= 0, "crow must have at least one element");
-  check_unsplit(x_fm, col_block, sweep);
+  check_unswept(x_fm, sweep);
   auto out = torch::empty({n_rows, R}, x_fm.options());
   if (n_rows == 0 || R == 0) return out;
   if (nnz == 0) return out.zero_();
@@ -684,7 +726,6 @@ std::tuple<torch::Tensor, torch::Tensor> grads_transposed(torch::Tensor ccol, to
   const int64_t n_in = x_fm.size(0), R = x_fm.size(1), nnz = pairs.size(0);
   TORCH_CHECK(ccol.numel() == n_in + 1, "ccol must have n_in + 1 = ", n_in + 1, " elements, got ", ccol.numel());
   TORCH_CHECK(values.numel() == nnz, "values must have one element per entry (", nnz, ")");
-  check_unsplit(x_fm, col_block, 0);
   auto grad_x = torch::empty({n_in, R}, x_fm.options());
   torch::Tensor grad_values;
   if (R == 0 || nnz == 0) return {grad_x.zero_(), torch::zeros({nnz}, x_fm.options())};

@@ -1,0 +1,68 @@
+"""float32 against bfloat16 layer steps of our CPU kernels, interleaved in one process at constant fan-in 64
+(n = 4096 ... 262144, B = 128, 2 threads): ns per connection per dtype, their ratio and each dtype's fitted
+width exponent. Both dtypes of a width are built first, then timed in alternating rounds, so the drift of a
+shared machine falls on both alike (separate `sparsetrain bench scaling` runs minutes apart scatter more
+than the difference). Prints a table and writes benchmarks/results/dtype_ab.json.
+
+    .venv/bin/python benchmarks/dtype_ab.py [--rounds 5] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from sparsetrain import bench, retain_freed_memory
+
+FAN_IN = 64
+DTYPES = ("float32", "bfloat16")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds of 2 steps per dtype")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
+    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/dtype_ab.json)")
+    args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
+    torch.set_num_threads(bench.THREADS)
+    retain_freed_memory()  # as `sparsetrain train` and `sparsetrain bench` do
+    widths = [1024, 4096] if args.quick else [4096, 16384, 65536, 262144]
+    rows = []
+    for n in widths:
+        steps = {}
+        for name in DTYPES:
+            layer = bench.make_layer(n, nnz=FAN_IN * n, dtype=bench.DTYPES[name])
+            steps[name] = bench.layer_step(layer, n, bench.DTYPES[name])
+            steps[name]()  # warm-up
+        times: dict[str, list[float]] = {name: [] for name in DTYPES}
+        for _ in range(args.rounds):
+            for name, step in steps.items():
+                for _ in range(2):
+                    start = time.perf_counter()
+                    step()
+                    times[name].append(time.perf_counter() - start)
+        row = {"n": n, "nnz": FAN_IN * n}
+        for name, ts in times.items():
+            row[f"{name}_median_s"], row[f"{name}_min_s"], row[f"{name}_max_s"] = statistics.median(ts), min(ts), max(ts)
+            row[f"{name}_ns"] = row[f"{name}_median_s"] / (FAN_IN * n) * 1e9
+        row["ratio"] = row["float32_median_s"] / row["bfloat16_median_s"]
+        rows.append(row)
+        print(f"n={n} float32 {row['float32_ns']:.1f} ns bfloat16 {row['bfloat16_ns']:.1f} ns", flush=True)
+        del steps
+    exponents = {name: bench.fit_exponent([r["n"] for r in rows], [r[f"{name}_median_s"] for r in rows])
+                 for name in DTYPES}
+    bench.print_table(rows, [("n", "n", "d"), ("float32_ns", "float32 ns/conn", ".1f"),
+                             ("bfloat16_ns", "bfloat16 ns/conn", ".1f"), ("ratio", "float32/bfloat16", ".2f")])
+    for name, e in exponents.items():
+        print(f"fitted exponent ({name}): time ~ n^{e:.2f}")
+    bench.write_json("dtype_ab_quick" if args.quick else "dtype_ab",
+                     {"benchmark": "dtype_ab", "batch": bench.BATCH, "fan_in": FAN_IN, "rounds": args.rounds,
+                      "machine": bench.machine(), "rows": rows, "exponent": exponents}, args.out)
+
+
+if __name__ == "__main__":
+    main()
