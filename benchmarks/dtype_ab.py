@@ -1,17 +1,15 @@
 """float32 against bfloat16 layer steps of our CPU kernels, interleaved in one process at constant fan-in 64
 (n = 4096 ... 262144, B = 128, 2 threads): ns per connection per dtype, their ratio and each dtype's fitted
-width exponent. Both dtypes of a width are built first, then timed in alternating rounds, so the drift of a
-shared machine falls on both alike (separate `sparsetrain bench scaling` runs minutes apart scatter more
-than the difference). Prints a table and writes benchmarks/results/dtype_ab.json.
+width exponent. All eight layers are built first, then timed in alternating rounds (bench.interleaved), so
+the drift of a shared machine falls on every width and dtype alike (separate `sparsetrain bench scaling`
+runs minutes apart scatter more than the difference). Prints a table and writes
+benchmarks/results/dtype_ab.json.
 
     .venv/bin/python benchmarks/dtype_ab.py [--rounds 5] [--quick]
 """
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-
 import torch
 
 from sparsetrain import bench, retain_freed_memory
@@ -31,28 +29,18 @@ def main() -> None:
     torch.set_num_threads(bench.THREADS)
     retain_freed_memory()  # as `sparsetrain train` and `sparsetrain bench` do
     widths = [1024, 4096] if args.quick else [4096, 16384, 65536, 262144]
+    steps = {(n, name): bench.layer_step(bench.make_layer(n, nnz=FAN_IN * n, dtype=bench.DTYPES[name]), n,
+                                         bench.DTYPES[name]) for n in widths for name in DTYPES}
+    timing = bench.interleaved(steps, args.rounds, per_round=2)
     rows = []
     for n in widths:
-        steps = {}
-        for name in DTYPES:
-            layer = bench.make_layer(n, nnz=FAN_IN * n, dtype=bench.DTYPES[name])
-            steps[name] = bench.layer_step(layer, n, bench.DTYPES[name])
-            steps[name]()  # warm-up
-        times: dict[str, list[float]] = {name: [] for name in DTYPES}
-        for _ in range(args.rounds):
-            for name, step in steps.items():
-                for _ in range(2):
-                    start = time.perf_counter()
-                    step()
-                    times[name].append(time.perf_counter() - start)
         row = {"n": n, "nnz": FAN_IN * n}
-        for name, ts in times.items():
-            row[f"{name}_median_s"], row[f"{name}_min_s"], row[f"{name}_max_s"] = statistics.median(ts), min(ts), max(ts)
-            row[f"{name}_ns"] = row[f"{name}_median_s"] / (FAN_IN * n) * 1e9
+        for name in DTYPES:
+            t = timing[(n, name)]
+            row.update({f"{name}_{k}": t[k] for k in ("median_s", "min_s", "max_s")})
+            row[f"{name}_ns"] = t["median_s"] / (FAN_IN * n) * 1e9
         row["ratio"] = row["float32_median_s"] / row["bfloat16_median_s"]
         rows.append(row)
-        print(f"n={n} float32 {row['float32_ns']:.1f} ns bfloat16 {row['bfloat16_ns']:.1f} ns", flush=True)
-        del steps
     exponents = {name: bench.fit_exponent([r["n"] for r in rows], [r[f"{name}_median_s"] for r in rows])
                  for name in DTYPES}
     bench.print_table(rows, [("n", "n", "d"), ("float32_ns", "float32 ns/conn", ".1f"),

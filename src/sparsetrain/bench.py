@@ -58,6 +58,31 @@ def timed(fn: Callable[[], None], reps: int, warmup: int = 1) -> dict[str, float
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "reps": reps}
 
 
+def interleaved(steps: dict, rounds: int, per_round: int = 1) -> dict:
+    """:func:`timed` for several steps at once: every round runs each step in turn, once untimed (the step
+    before it evicted this one's data from the caches) and then ``per_round`` times timed, so a shared
+    machine's drift over the minutes of a run falls on all of them alike instead of on whichever was
+    measured last. Returns ``{key: timing}`` like :func:`timed`."""
+    times: dict = {key: [] for key in steps}
+    for _ in range(rounds):
+        for key, step in steps.items():
+            step()
+            for _ in range(per_round):
+                start = time.perf_counter()
+                step()
+                times[key].append(time.perf_counter() - start)
+    return {key: {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts), "reps": len(ts)}
+            for key, ts in times.items()}
+
+
+def with_backend(name: str, step: Callable[[], None]) -> Callable[[], None]:
+    """``step`` run with SPARSETRAIN_KERNELS set to ``name`` (see :func:`kernel_backend`)."""
+    def run() -> None:
+        with kernel_backend(name):
+            step()
+    return run
+
+
 @contextlib.contextmanager
 def kernel_backend(name: str) -> Iterator[None]:
     """Run the block with SPARSETRAIN_KERNELS set to ``name`` ('torch' or 'cpp')."""
@@ -265,19 +290,19 @@ def _memory_fields(mem: dict | None, n: int, nnz: int, element_size: int = 4) ->
 
 
 def run_scaling(args: argparse.Namespace) -> dict:
+    """Every width's layer is built first and the widths are timed in alternating rounds (:func:`interleaved`),
+    once per backend, so the fitted exponent does not take the machine's drift during the run."""
     widths = [1024, 4096] if args.quick else [4096, 16384, 65536, 262144]
     fan_in = 64
     rows = []
     dtype = DTYPES[args.dtype]
     for b in sparse_backends():
-        for n in widths:
-            layer = make_layer(n, nnz=fan_in * n, dtype=dtype)
-            with kernel_backend(b):
-                t = timed(layer_step(layer, n, dtype), 2 if args.quick else args.repeats)
+        steps = {n: with_backend(b, layer_step(make_layer(n, nnz=fan_in * n, dtype=dtype), n, dtype)) for n in widths}
+        for n, t in interleaved(steps, 2 if args.quick else args.repeats).items():
             rows.append({"backend": b, "n": n, "nnz": fan_in * n, **t,
                          "ns_per_connection": t["median_s"] / (fan_in * n) * 1e9})
             print(f"{b} n={n} {t['median_s'] * 1e3:.1f} ms", flush=True)
-            del layer
+        del steps
     exponents = {b: fit_exponent([r["n"] for r in rows if r["backend"] == b],
                                  [r["median_s"] for r in rows if r["backend"] == b]) for b in {r["backend"] for r in rows}}
     print_table(rows, [("backend", "backend", "s"), ("n", "n", "d"), ("nnz", "active", "d"),

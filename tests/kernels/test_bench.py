@@ -90,3 +90,12 @@ def test_dtype_ab_quick(tmp_path, monkeypatch):
     data = json.loads(out.read_text())
     assert [r["n"] for r in data["rows"]] == [1024, 4096] and set(data["exponent"]) == {"float32", "bfloat16"}
     assert all(r["float32_ns"] > 0 and r["bfloat16_ns"] > 0 and r["ratio"] > 0 for r in data["rows"])
+
+
+def test_interleaved_runs_each_step_once_untimed_then_timed_per_round():
+    calls = []
+    steps = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    timing = bench.interleaved(steps, rounds=3, per_round=2)
+    assert calls == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3
+    assert set(timing) == {"a", "b"}
+    assert all(t["reps"] == 6 and t["min_s"] <= t["median_s"] <= t["max_s"] for t in timing.values())

@@ -257,12 +257,13 @@ def test_sparse_linear_module_hands_a_leaf_input_our_gradient_without_a_copy(mon
 
 
 @pytest.mark.parametrize("rows,cols", [(16, 16), (128, 1024), (1024, 128), (128, 4000), (4000, 128), (33, 47),
-                                       (17, 300), (300, 17), (15, 15), (1, 70), (70, 1)])
+                                       (17, 300), (300, 17), (15, 15), (1, 70), (70, 1), (100, 300), (40, 1000)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("stream", [False, True])
 def test_cpp_transpose_is_exact_on_blocks_edges_and_strides(rows, cols, dtype, stream):
-    """Register blocks (AVX-512 float32 and bfloat16), the tile path (power-of-two output rows, float64, no
-    AVX-512) and the edge strips, with and without non-temporal stores: bitwise the torch transpose."""
+    """Register blocks (AVX-512 float32 and bfloat16; bfloat16 streamed in whole lines from bands of 32 rows,
+    with leftover rows and unaligned lines), the tile path (power-of-two output rows, float64, no AVX-512)
+    and the edge strips, with and without non-temporal stores: bitwise the torch transpose."""
     cpp_ext = pytest.importorskip("sparsetrain.kernels.cpp_ext")
     x = torch.randn(rows, cols, generator=torch.Generator().manual_seed(rows * 1000 + cols)).to(dtype)
     out = cpp_ext.load().transpose(x, stream)
