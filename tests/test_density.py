@@ -127,10 +127,21 @@ def test_layers_saturated_by_er_stay_dense_modules():
     assert isinstance(explicit[0], st.SparseLinear) and explicit[0].nnz == 64  # asked for: stays sparse
 
 
-def test_autocast_bf16_input_is_computed_in_the_values_dtype():
+def test_cpu_bfloat16_autocast_computes_sparse_layers_in_bfloat16_with_float32_weights():
+    """Mixed precision on the CPU: under bfloat16 autocast a sparse layer runs our bfloat16 kernels on a
+    bfloat16 copy of its values (output bfloat16, bias added in bfloat16), and the float32 values get a
+    float32 gradient equal to the float64 one up to bfloat16 rounding."""
     dense_then_sparse = nn.Sequential(nn.Linear(8, 16), st.SparseLinear(16, 4, sparsity=0.5))
     x = torch.randn(3, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = dense_then_sparse(x)
+        h = dense_then_sparse[0](x)
+        y = dense_then_sparse[1](h)
+    assert h.dtype == y.dtype == torch.bfloat16
     y.float().sum().backward()
-    assert dense_then_sparse[1].values.grad is not None and torch.isfinite(y.float()).all()
+    sparse = dense_then_sparse[1]
+    assert sparse.layout.values.dtype == sparse.layout.values.grad.dtype == torch.float32
+    w_mask = sparse.layout.to_dense() != 0
+    reference = h.detach().double().sum(0).expand(4, 16)[w_mask]  # d(sum y)/dW = sum over the batch of h
+    torch.testing.assert_close(sparse.layout.values.grad.double(), reference, rtol=2.0**-7, atol=1e-3)
+    with torch.autocast("cpu", dtype=torch.float16):  # a dtype our CPU kernels lack: the values' dtype
+        assert dense_then_sparse[1](h).dtype == torch.float32

@@ -1,6 +1,8 @@
 """The training loop: optimizers, LR per step, method wiring, dense runs, output folder rules."""
+import copy
 import importlib.util
 import json
+import math
 
 import pytest
 import torch
@@ -74,3 +76,30 @@ def test_refuses_to_overwrite_a_run(tmp_path, tiny_config):
 def test_tensorboard_requested_but_missing():
     with pytest.raises(ConfigError, match="train.tensorboard=true needs the tensorboard package"):
         resolve(None, ["train.tensorboard=true"])
+
+
+def test_bf16_on_cpu_is_mixed_precision_with_float32_weights(tmp_path, tiny_config):
+    """train.bf16 on the CPU: the sparse layers run our bfloat16 kernels under autocast (their outputs are
+    bfloat16) while weights and optimizer state stay float32; the run trains, differently from float32."""
+    tiny_config["train"].update(checkpoint_every=0)
+    plain = Trainer(copy.deepcopy(tiny_config), tmp_path / "fp32")
+    plain.fit()
+    tiny_config["train"]["bf16"] = True
+    trainer = Trainer(tiny_config, tmp_path / "bf16")
+    summary = trainer.fit()
+    assert summary["topology_updates"] > 0
+    losses = [r["loss"] for r in _records(tmp_path / "bf16", "train")]
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+    assert losses != [r["loss"] for r in _records(tmp_path / "fp32", "train")]
+    layers = sparse_layers(trainer.model)
+    seen = []
+    for module in layers.values():
+        module.register_forward_hook(lambda m, inputs, output: seen.append(output.dtype))
+    x, y = next(iter(trainer.test_loader))
+    trainer._forward(x, y)
+    assert seen and set(seen) == {torch.bfloat16}
+    for module in layers.values():
+        param = module.layout.parameter
+        assert param.dtype == torch.float32
+        assert all(v.dtype == torch.float32 for v in trainer.optimizer.state[param].values()
+                   if torch.is_tensor(v) and v.ndim)

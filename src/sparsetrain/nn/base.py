@@ -42,14 +42,16 @@ def make_layout(kind: str, weight_shape: tuple[int, ...], nnz: int, generator: t
 def kernel_operands(x: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Input and values in one dtype for the sparse kernels.
 
-    Under CUDA autocast both are cast to the autocast dtype (the cast is differentiable, so the fp32
-    values still get their gradient); otherwise the input is cast to the values' dtype, so a bf16 tensor
-    arriving from a dense layer (e.g. CPU autocast) is computed in fp32 rather than rejected.
+    Under autocast both are cast to the autocast dtype (mixed precision: the cast is differentiable, so the
+    float32 values get a float32 gradient) — on CUDA any autocast dtype, on the CPU bfloat16, which our CPU
+    kernels compute (float16 they do not); otherwise the input is cast to the values' dtype, so a
+    lower-precision tensor arriving from a dense layer is computed in the values' dtype rather than rejected.
     """
     device = x.device.type
-    if device == "cuda" and torch.is_autocast_enabled(device):
+    if torch.is_autocast_enabled(device):
         dtype = torch.get_autocast_dtype(device)
-        return x.to(dtype), values.to(dtype)
+        if device == "cuda" or dtype == torch.bfloat16:
+            return x.to(dtype), values.to(dtype)
     return x.to(values.dtype), values
 
 

@@ -122,7 +122,7 @@ class SparseConv2d(_ConvShape, SparseModule):
                           self.backward_observer)
         y = y.t().reshape(self.out_channels, n, h_out, w_out).permute(1, 0, 2, 3)
         if self.bias is not None:
-            y = y + self.bias.view(1, -1, 1, 1)
+            y = y + self.bias.to(y.dtype).view(1, -1, 1, 1)
         return y
 
 

@@ -66,7 +66,7 @@ class SparseLinear(_LinearShape, SparseModule):
         rows = x if x.dim() == 2 else x.reshape(-1, self.in_features)
         y = sparse_linear(rows, values, L.crow, L.col, L.transposed, self.in_features, self.backward_observer)
         if self.bias is not None:
-            y = y + self.bias
+            y = y + self.bias.to(y.dtype)  # under autocast y is bfloat16: keep it so (no float32 copy)
         return y.reshape(*lead, self.out_features)
 
 

@@ -229,7 +229,7 @@ SCHEMA: dict[str, Any] = {
                            nullable=True),
         "label_smoothing": Field("float", 0.0, "cross-entropy label smoothing", low=0.0, high=1.0,
                                  high_open=True),
-        "bf16": Field("bool", False, "bf16 autocast (GPU only; ignored on CPU)"),
+        "bf16": Field("bool", False, "bfloat16 autocast (mixed precision: float32 weights; on the CPU our bfloat16 kernels)"),
         "eval_every_epochs": Field("float", 1.0, "evaluate on the test split every this many epochs "
                                    "(0: only at the end)", low=0.0),
         "log_every": Field("int", 50, "write a metrics record every this many steps", low=1),

@@ -252,8 +252,7 @@ class Trainer:
                        "layer_density": layer_densities(self.model), "update_seconds": seconds})
 
     def _forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,
-                            enabled=self.config["train"]["bf16"] and self.device.type == "cuda"):
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.config["train"]["bf16"]):
             logits = self.model(x)
         return logits, F.cross_entropy(logits.float(), y, label_smoothing=self.config["train"]["label_smoothing"])
 
