@@ -1,15 +1,18 @@
 """DESIGN rule 1: a compressed layer trains where a dense weight could never exist.
 
 A 2^20 × 2^20 SparseLinear (dense: 4 TiB in float32) with about 2^22 active weights runs forward, backward
-and an SGD step in a fresh process; its peak resident memory must stay within a few GiB.
+and an SGD step in a fresh process, in float32 and in bfloat16 mixed precision (CPU autocast: our bfloat16
+kernels); its peak resident memory must stay within a few GiB.
 """
 import json
 import subprocess
 import sys
 import textwrap
 
+import pytest
+
 SCRIPT = textwrap.dedent("""
-    import json, resource, torch
+    import json, resource, sys, torch
     import sparsetrain as st
     torch.set_num_threads(2)
     n = 1 << 20
@@ -17,23 +20,25 @@ SCRIPT = textwrap.dedent("""
     opt = torch.optim.SGD(layer.parameters(), lr=0.1, momentum=0.9)
     x = torch.randn(4, n)
     before = layer.values.detach().clone()
-    y = layer(x)
-    loss = y.square().sum()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=sys.argv[1] == "bfloat16"):
+        y = layer(x)
+    loss = y.float().square().sum()
     loss.backward()
     grad_nonzero = int((layer.values.grad != 0).sum())
     opt.step()
     changed = int((layer.values.detach() != before).sum())
-    print(json.dumps(dict(nnz=layer.nnz, out=list(y.shape), grad_nonzero=grad_nonzero, changed=changed,
+    print(json.dumps(dict(nnz=layer.nnz, out=list(y.shape), dtype=str(y.dtype)[6:], grad_nonzero=grad_nonzero, changed=changed,
                           peak_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
                           finite=bool(torch.isfinite(y).all()))))
 """)
 
 
-def test_huge_sparse_linear_trains_in_a_few_gib():
-    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_huge_sparse_linear_trains_in_a_few_gib(dtype):
+    out = subprocess.run([sys.executable, "-c", SCRIPT, dtype], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["nnz"] == 1 << 22
+    assert result["nnz"] == 1 << 22 and result["dtype"] == dtype
     assert result["out"] == [4, 1 << 20] and result["finite"]
     assert result["grad_nonzero"] > 0.9 * (1 << 22)  # a gradient for (nearly) every active weight
     assert result["changed"] > 0.9 * (1 << 22)
