@@ -195,9 +195,9 @@ def test_cpp_column_block_policy():
 
 
 def test_cpp_sweep_policy():
-    """L3 sweeps only beyond half of L3: passes whose slice takes a quarter of L3 while rows keep 16 entries
-    per pass, else half of L3 while they keep 4, else none; a sweep turns the prefetch off; the permuted
-    walk (input gradient) sweeps only when forced."""
+    """L3 sweeps only beyond half of L3: passes whose slice takes a quarter of L3, else half of L3, while
+    rows keep 16 entries per pass, else none; a sweep turns the prefetch off; the permuted walk (input
+    gradient) sweeps only when forced."""
     cpp_ext = pytest.importorskip("sparsetrain.kernels.cpp_ext")
     quarter, half = cpp_ext.L3_BYTES // 4 // 512, cpp_ext.L3_BYTES // 2 // 512  # columns of 512-byte rows
     crow_of = lambda n_rows, fan: torch.arange(0, (n_rows + 1) * fan, fan, dtype=torch.int64)  # noqa: E731
@@ -205,12 +205,13 @@ def test_cpp_sweep_policy():
     n = 8 * half  # 4x L3: 16 quarter passes or 8 half passes
     assert cpp_ext.sweep_columns(n, 16 * 16, 512) == quarter
     assert cpp_ext.sweep_columns(n, 16 * 16 - 1, 512) == half
-    assert cpp_ext.sweep_columns(n, 4 * 8, 512) == half
-    assert cpp_ext.sweep_columns(n, 4 * 8 - 1, 512) == 0
+    assert cpp_ext.sweep_columns(n, 16 * 8, 512) == half
+    assert cpp_ext.sweep_columns(n, 16 * 8 - 1, 512) == 0
     assert cpp_ext.sweep_columns(n, 16 * 16, 512, permuted=True) == 0  # values read through a permutation
     big = torch.zeros(n, 128)  # the gathered operand, 512-byte rows
-    tile, prefetch, _, sweep = cpp_ext.walk_plan(crow_of(100, 64), big)
+    tile, prefetch, _, sweep = cpp_ext.walk_plan(crow_of(100, 128), big)
     assert (tile, prefetch, sweep) == (512, 0, half)
+    assert cpp_ext.walk_plan(crow_of(100, 64), big)[1:] == (cpp_ext.PREFETCH, 0, 0)  # 8 entries per pass: none
     _, prefetch, _, sweep = cpp_ext.walk_plan(crow_of(100, 1), big)
     assert (prefetch, sweep) == (cpp_ext.PREFETCH, 0)
     assert cpp_ext.walk_plan(crow_of(100, 64), big, permuted=True)[1:] == (cpp_ext.PREFETCH, 0, 0)

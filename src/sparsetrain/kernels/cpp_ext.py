@@ -40,13 +40,14 @@ COLUMN_BLOCK = os.environ.get("SPARSETRAIN_CPU_COLUMN_BLOCK", "auto")
 MIN_SEGMENT = 64  # entries per row and block below which the per-segment overhead outweighs the L2 reuse
 # L3 sweeps of the row walk (cpu_kernels.cpp, for_row_chunks): once the gathered operand outgrows half of L3,
 # "auto" walks all rows once per block of columns whose slice of the operand is L3-resident (and turns the
-# prefetch off): slices of a quarter of L3 while rows keep 16 entries per pass, else of half of L3 while
-# they keep 4 (each pass re-reads every row's output or left operand once, so short segments cost more than
-# the hits gain). An integer forces the columns per pass (0: one pass). "auto" does not sweep the input
+# prefetch off): slices of a quarter of L3, else of half of L3, while rows keep 16 entries per pass (each
+# pass re-reads every row's output or left operand once, so short segments cost more than the hits gain:
+# half-L3 slices with 8 entries per pass, n = 262144 at fan-in 64, lost in two sessions of three, this
+# one's layer step 863 vs 811 ms; until then 4 entries per pass were allowed). An integer forces the columns per pass (0: one pass). "auto" does not sweep the input
 # gradient, whose values are read through perm (random reads over the pass's share of the values compete
 # with the slice for L3): measured slower at 65536, mixed at 131072 and 262144 (docs/kernels.md).
 SWEEP = os.environ.get("SPARSETRAIN_CPU_SWEEP", "auto")
-SWEEP_SLICES = ((4, 16), (2, 4))  # (L3 fraction 1/k of a pass's slice, entries per row and pass it needs)
+SWEEP_SLICES = ((4, 16), (2, 16))  # (L3 fraction 1/k of a pass's slice, entries per row and pass it needs)
 
 _lock = threading.Lock()
 _module: ModuleType | None = None
