@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import pathlib
+import runpy
 
 import pytest
 
@@ -42,18 +44,17 @@ def test_fit_exponent_and_crossover_helpers():
     assert bench.crossover([(0.5, 0.2), (0.9, 0.9)]) is None
 
 
-def test_kernel_bench_quick(tmp_path, monkeypatch):
-    import pathlib
-    import runpy
-
-    import pytest
-
+def _run_script(name: str, args: list[str], out, monkeypatch) -> dict:
+    """Run benchmarks/<name> as a script with ``args`` and ``--out out``; its JSON."""
     pytest.importorskip("sparsetrain.kernels.cpp_ext")
-    script = pathlib.Path(__file__).parents[2] / "benchmarks" / "kernel_bench.py"
-    out = tmp_path / "k.json"
-    monkeypatch.setattr("sys.argv", [str(script), "--quick", "--repeats", "1", "--out", str(out)])
+    script = pathlib.Path(__file__).parents[2] / "benchmarks" / name
+    monkeypatch.setattr("sys.argv", [str(script), *args, "--out", str(out)])
     runpy.run_path(str(script), run_name="__main__")
-    rows = json.loads(out.read_text())["rows"]
+    return json.loads(out.read_text())
+
+
+def test_kernel_bench_quick(tmp_path, monkeypatch):
+    rows = _run_script("kernel_bench.py", ["--quick", "--repeats", "1"], tmp_path / "k.json", monkeypatch)["rows"]
     assert [(r["n_out"], r["fan_in"]) for r in rows] == [(512, 16), (1024, 64)]
     assert all(r["spmm_ns"] > 0 and r["grad_input_ns"] > 0 and r["sddmm_ns"] > 0 for r in rows)
 
@@ -79,15 +80,7 @@ def test_bench_rejects_an_unknown_dtype(capsys):
 
 
 def test_dtype_ab_quick(tmp_path, monkeypatch):
-    import pathlib
-    import runpy
-
-    pytest.importorskip("sparsetrain.kernels.cpp_ext")
-    script = pathlib.Path(__file__).parents[2] / "benchmarks" / "dtype_ab.py"
-    out = tmp_path / "ab.json"
-    monkeypatch.setattr("sys.argv", [str(script), "--quick", "--rounds", "1", "--out", str(out)])
-    runpy.run_path(str(script), run_name="__main__")
-    data = json.loads(out.read_text())
+    data = _run_script("dtype_ab.py", ["--quick", "--rounds", "1"], tmp_path / "ab.json", monkeypatch)
     assert [r["n"] for r in data["rows"]] == [1024, 4096] and set(data["exponent"]) == {"float32", "bfloat16"}
     assert all(r["float32_ns"] > 0 and r["bfloat16_ns"] > 0 and r["ratio"] > 0 for r in data["rows"])
 
