@@ -131,6 +131,18 @@ def test_bfloat16_walks_refuse_sweeps():
         cpp_ext.load().spmm(m.crow, m.col, m.values, x, None, 64, 0, 0, 0, False)
 
 
+def test_a_forced_sweep_is_refused_for_bfloat16_by_name(monkeypatch):
+    cpp_ext = pytest.importorskip("sparsetrain.kernels.cpp_ext")
+    from sparsetrain.errors import ConfigError
+
+    m = random_csr(7, 13, 40, 3, 5, seed=1, dtype=BF16)
+    monkeypatch.setattr(cpp_ext, "SWEEP", "64")
+    with pytest.raises(ConfigError, match="SPARSETRAIN_CPU_SWEEP='64': bfloat16 walks are never swept"):
+        kernels.spmm(m.crow, m.col, m.values, dense_fm(13, 32, seed=2, dtype=BF16), 13)
+    monkeypatch.setattr(cpp_ext, "SWEEP", "0")
+    assert kernels.spmm(m.crow, m.col, m.values, dense_fm(13, 32, seed=2, dtype=BF16), 13).dtype == BF16
+
+
 @pytest.mark.parametrize("block", ["1", "3", "37"])
 def test_bfloat16_column_blocked_walks_round_once(monkeypatch, block):
     """Forced column blocks: the float32 sums wait in the thread's scratch between blocks, so the results

@@ -42,10 +42,11 @@ MIN_SEGMENT = 64  # entries per row and block below which the per-segment overhe
 # "auto" walks all rows once per block of columns whose slice of the operand is L3-resident (and turns the
 # prefetch off): slices of a quarter of L3, else of half of L3, while rows keep 16 entries per pass (each
 # pass re-reads every row's output or left operand once, so short segments cost more than the hits gain:
-# half-L3 slices with 8 entries per pass, n = 262144 at fan-in 64, lost in two sessions of three, this
-# one's layer step 863 vs 811 ms; until then 4 entries per pass were allowed). An integer forces the columns per pass (0: one pass). "auto" does not sweep the input
-# gradient, whose values are read through perm (random reads over the pass's share of the values compete
-# with the slice for L3): measured slower at 65536, mixed at 131072 and 262144 (docs/kernels.md).
+# half-L3 slices with 8 entries per pass, n = 262144 at fan-in 64, lost in two sessions of three, the fifth
+# session's layer step 863 vs 811 ms; until then 4 entries per pass were allowed). An integer forces the
+# columns per pass (0: one pass). "auto" does not sweep the input gradient, whose values are read through
+# perm (random reads over the pass's share of the values compete with the slice for L3): measured slower at
+# 65536, mixed at 131072 and 262144 (docs/kernels.md). bfloat16 walks are never swept (walk_plan).
 SWEEP = os.environ.get("SPARSETRAIN_CPU_SWEEP", "auto")
 SWEEP_SLICES = ((4, 16), (2, 16))  # (L3 fraction 1/k of a pass's slice, entries per row and pass it needs)
 
@@ -196,6 +197,9 @@ def walk_plan(crow: torch.Tensor, gathered_fm: torch.Tensor, permuted: bool = Fa
     tile = accumulator_tile(gathered_fm)
     n_cols, fan = gathered_fm.shape[0], mean_fan(crow)
     if gathered_fm.dtype == torch.bfloat16:
+        if _forced("SPARSETRAIN_CPU_SWEEP", SWEEP, "columns per pass"):
+            raise ConfigError(f"SPARSETRAIN_CPU_SWEEP={SWEEP!r}: bfloat16 walks are never swept (their float32 "
+                              "row sums would have to wait in memory between passes); for them use 'auto' or 0")
         return tile, prefetch_distance(gathered_fm), column_block(n_cols, fan, tile // 2), 0
     sweep = sweep_columns(n_cols, fan, tile, permuted)
     return tile, 0 if sweep else prefetch_distance(gathered_fm), column_block(n_cols, fan, tile), sweep

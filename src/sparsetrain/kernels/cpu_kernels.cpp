@@ -360,8 +360,9 @@ void spmm_impl(const I* crow, const I* col, const T* val, const I* perm, const T
 
 // out[e] (+)= <left[row_e, r0:r0+w], right[col_e, r0:r0+w]>, one row's run of entries at a time (the left
 // row's tile stays in registers for the run). O: acc_t<T> where several batch tiles add into out (their
-// sums are not rounded to T in between); T itself for a single tile (rounded once, as it is written). CSR form: row chunks, walked by column block like SpMM.
-// COO form (explicit rows, any order): entries [e_begin, e_end), runs of equal rows.
+// sums are not rounded to T in between); T itself for a single tile (rounded once, as it is written).
+// CSR form: row chunks, walked by column block like SpMM. COO form (explicit rows, any order): entries
+// [e_begin, e_end), runs of equal rows.
 template <typename T, typename I, int W, typename O = acc_t<T>>
 int64_t sddmm_run(const T* a, const I* col, const T* right, O* out, int64_t R, int64_t w, bool accumulate,
                   int64_t e, int64_t e_end, int64_t limit, int64_t prefetch_end, int64_t prefetch) {
@@ -393,7 +394,8 @@ void sddmm_csr_impl(const I* crow, int64_t n_rows, const I* col, const T* left, 
     const int64_t last = crow[row_end];
     for_row_segments(crow, row_begin, row_end, n_cols, block, pass,
                      [&](int64_t i, int64_t p, int64_t end, int64_t limit, bool, bool, int64_t) {
-      return sddmm_run<T, I, W, O>(left + i * R + r0, col, right + r0, out, R, w, r0 > 0, p, end, limit, last, prefetch);
+      return sddmm_run<T, I, W, O>(left + i * R + r0, col, right + r0, out, R, w, r0 > 0, p, end, limit, last,
+                                   prefetch);
     });
   });
 }
@@ -508,7 +510,9 @@ void transpose_tiles(const T* src, T* dst, int64_t rows, int64_t cols, int64_t i
 template <typename T> struct Block16;
 template <> struct Block16<float> {
   static __m512 load(const float* p) { return _mm512_loadu_ps(p); }
-  static void store(float* p, __m512 x, bool stream) { if (stream) _mm512_stream_ps(p, x); else _mm512_storeu_ps(p, x); }
+  static void store(float* p, __m512 x, bool stream) {
+    if (stream) _mm512_stream_ps(p, x); else _mm512_storeu_ps(p, x);
+  }
 };
 template <> struct Block16<c10::BFloat16> {
   static __m512 load(const c10::BFloat16* p) {
@@ -570,7 +574,8 @@ void transpose_blocks16(const T* src, T* dst, int64_t rows, int64_t cols, int64_
         transpose_block16(src + i0 * cols + j0, cols, dst + j0 * rows + i0, rows, stream);
       } else {
         alignas(64) T lines[16][32];
-        for (int64_t h = 0; h < 32; h += 16) transpose_block16(src + (i0 + h) * cols + j0, cols, &lines[0][h], 32, false);
+        for (int64_t h = 0; h < 32; h += 16)
+          transpose_block16(src + (i0 + h) * cols + j0, cols, &lines[0][h], 32, false);
         for (int k = 0; k < 16; ++k) {
           const __m512i line = _mm512_load_si512(lines[k]);
           void* to = dst + (j0 + k) * rows + i0;
@@ -584,8 +589,8 @@ void transpose_blocks16(const T* src, T* dst, int64_t rows, int64_t cols, int64_
 #endif
 
 // dst (cols, rows) = src (rows, cols) transposed, both contiguous. float or bfloat16 with AVX-512: register
-// blocks for the part that is whole 16 x 16 blocks, tiles for the rest; otherwise tiles throughout. Exception: a
-// cached (not streamed) output whose rows are a multiple of 4 KiB apart keeps the tiles, because a block's
+// blocks for the part that is whole 16 x 16 blocks, tiles for the rest; otherwise tiles throughout.
+// Exception: a cached (not streamed) output whose rows are a multiple of 4 KiB apart keeps the tiles, because a block's
 // 16 stores then all fall in one cache set (measured 1.6-2x slower than the tiles at n = 4096, 16384).
 template <typename T>
 void transpose_impl(const T* src, T* dst, int64_t rows, int64_t cols, bool stream) {
@@ -615,7 +620,8 @@ void with_tile(int64_t tile_bytes, F&& f) {
   auto call = [&](auto bytes) {
     constexpr int W = decltype(bytes)::value / E;
     if constexpr (W % Lanes<T>::kElements == 0) f(std::integral_constant<int, W>{});
-    else TORCH_CHECK(false, "sparsetrain cpu kernels: tile_bytes for this dtype must be at least ", Lanes<T>::kElements * E);
+    else TORCH_CHECK(false, "sparsetrain cpu kernels: tile_bytes for this dtype must be at least ",
+                     Lanes<T>::kElements * E);
   };
   switch (tile_bytes) {
     case 64: call(std::integral_constant<int, 64>{}); break;
