@@ -92,6 +92,8 @@ def test_info_lists_versions_and_backends(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert torch.__version__ in out and "kernels (cpu)" in out and "gse" in out and "mnist1d" in out
+    if "kernels (cpu)   cpp" in out:
+        assert "cpp (float32, float64, bfloat16)" in out
 
 
 def test_python_dash_m_entry_point():

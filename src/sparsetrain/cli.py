@@ -166,13 +166,18 @@ def _info() -> int:
     import torch
 
     from . import __version__
-    from .kernels import active_backends
+    from .kernels import active_backends, backend
 
     rows = [("sparsetrain", __version__), ("torch", torch.__version__), ("python", platform.python_version()),
             ("platform", platform.platform()),
             ("threads", f"{torch.get_num_threads()} intra-op, {torch.get_num_interop_threads()} inter-op"),
             ("cuda", _cuda_line())]
-    rows += [(f"kernels ({dev})", backend) for dev, backend in active_backends().items()]
+    dtypes = {"cpp": backend.CPP_DTYPES, "triton": backend.TRITON_DTYPES}
+    for dev, name in active_backends().items():
+        first, _, rest = name.partition(" ")
+        ours = dtypes.get(first)
+        listed = "" if ours is None else " (" + ", ".join(str(d).replace("torch.", "") for d in ours) + ")"
+        rows.append((f"kernels ({dev})", first + listed + (" " + rest if rest else "")))
     for name, load in (("datasets", "data:DATASETS"), ("models", "models:MODELS")):
         module, attr = load.split(":")
         try:
