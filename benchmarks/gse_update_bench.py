@@ -11,6 +11,9 @@ timing the same building blocks on the same data. Prints a table and writes
 benchmarks/results/gse_update.json.
 
     .venv/bin/python benchmarks/gse_update_bench.py [--n 16384] [--sparsity 0.98] [--batch 128] [--repeats 5]
+        [--dtype float32|bfloat16]
+
+``--dtype bfloat16``: weights, activations, gradients and momentum in bfloat16 (our kernels sum in float32).
 """
 from __future__ import annotations
 
@@ -46,13 +49,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sampler", default="uniform", choices=("uniform", "grabo", "graest"))
-    parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / "gse_update.json"))
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/gse_update[_bfloat16].json)")
     args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
+    suffix = "" if args.dtype == "float32" else f"_{args.dtype}"
+    args.out = args.out or str(pathlib.Path(__file__).parent / "results" / f"gse_update{suffix}.json")
     torch.set_num_threads(args.threads)
     retained = st.retain_freed_memory()  # as `sparsetrain train` does: no page faults for recycled arrays
     n, B = args.n, args.batch
 
-    layer = st.SparseLinear(n, n, sparsity=args.sparsity, generator=rng.generator(0))
+    layer = st.SparseLinear(n, n, sparsity=args.sparsity, generator=rng.generator(0)).to(dtype)
     opt = torch.optim.SGD(layer.parameters(), lr=0.01, momentum=0.9)
     # delta_t = 2: every second step updates; the odd steps are the plain training steps we time
     method = methods.create("gse", layer, opt, total_steps=4 * args.repeats + 4, delta_t=2, t_end=1.0, alpha=0.2,
@@ -60,7 +67,7 @@ def main() -> None:
     gen = torch.Generator().manual_seed(1)
 
     def batch(needs_grad: bool) -> torch.Tensor:
-        return torch.randn(B, n, generator=gen).requires_grad_(needs_grad)
+        return torch.randn(B, n, generator=gen).to(dtype).requires_grad_(needs_grad)
 
     hidden_s, first_s, update_s, index_s, update_faults = [], [], [], [], []
     _train_step(layer, opt, batch(True))  # warm-up (allocations, first-touch)
@@ -93,7 +100,7 @@ def main() -> None:
     # phase breakdown on the same layer and one fresh batch
     observed = st.methods.scores.Observed()
     layer.backward_observer = observed
-    _train_step(layer, opt, torch.randn(B, n, generator=gen))
+    _train_step(layer, opt, torch.randn(B, n, generator=gen).to(dtype))
     layer.backward_observer = None
     nnz = layer.nnz
     k = count_of(0.2, nnz)
@@ -119,6 +126,7 @@ def main() -> None:
     hidden, first, update, index = med(hidden_s), med(first_s), med(update_s), med(index_s)
     result = {
         "n": n, "sparsity": args.sparsity, "nnz": nnz, "batch": B, "threads": args.threads, "sampler": args.sampler,
+        "dtype": args.dtype,
         "repeats": args.repeats, "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
         "hidden_step_s": hidden_s, "first_step_s": first_s, "update_s": update_s, "index_rebuild_s": index_s,
         "hidden_step_median_s": hidden, "first_step_median_s": first, "update_median_s": update,
@@ -128,7 +136,7 @@ def main() -> None:
         "target_update_over_step": 1.0,
     }
     print(f"GSE topology update vs training step: n={n}, sparsity={args.sparsity}, nnz={nnz}, B={B}, "
-          f"threads={args.threads}, sampler={args.sampler}, freed memory retained={retained}")
+          f"threads={args.threads}, sampler={args.sampler}, dtype={args.dtype}, freed memory retained={retained}")
     print(f"{'what':<44}{'median s':>10}")
     print(f"{'hidden-layer step (fwd, bwd with grad-input, SGD)':<44}{hidden:>10.4f}")
     print(f"{'first-layer step (fwd, bwd, SGD)':<44}{first:>10.4f}")
