@@ -31,10 +31,11 @@ def assert_rounded_reference(out: torch.Tensor, reference: torch.Tensor) -> None
         assert (out == reference.to(BF16)).double().mean() >= 0.97
 
 
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
 @pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}x{c[1]}-nnz{c[2]}" for c in CASES])
-def test_bfloat16_kernels_match_the_rounded_float64_reference(backend_name, case):
+def test_bfloat16_kernels_match_the_rounded_float64_reference(backend_name, case, index_dtype):
     for seed, R in enumerate(BATCHES):
-        m = random_csr(*case, seed=seed, dtype=BF16)
+        m = random_csr(*case, seed=seed, dtype=BF16, index_dtype=index_dtype)
         x, gy = dense_fm(m.shape[1], R, seed=300 + seed, dtype=BF16), dense_fm(m.shape[0], R, seed=400 + seed, dtype=BF16)
         w = m.dense()
         assert_rounded_reference(kernels.spmm(m.crow, m.col, m.values, x, m.shape[1]), w @ x.double())
@@ -97,6 +98,23 @@ def test_bfloat16_sparse_linear_trains_with_bfloat16_gradients():
         layer(x.detach()).square().mean().backward()
         opt.step()
     assert torch.equal(layer.layout.linear_indices(), active) and layer.layout.values.dtype == BF16
+
+
+def test_bfloat16_sparse_conv2d_matches_float64():
+    """A bfloat16 SparseConv2d (patches through the same kernels): output and value gradient agree with a
+    float64 computation on the same bfloat16 weights and input."""
+    import sparsetrain as st
+
+    conv = st.SparseConv2d(3, 8, 3, padding=1, sparsity=0.5, bias=False,
+                           generator=torch.Generator().manual_seed(0)).to(BF16)
+    x = torch.randn(2, 3, 9, 7, generator=torch.Generator().manual_seed(1)).to(BF16)
+    y = conv(x)
+    w = conv.layout.to_dense().double().reshape(8, 3, 3, 3)
+    reference = torch.nn.functional.conv2d(x.double(), w, padding=1)
+    assert y.dtype == BF16
+    torch.testing.assert_close(y.double(), reference, rtol=2.0**-8, atol=1e-6)
+    y.double().square().sum().backward()
+    assert conv.layout.values.grad.dtype == BF16 and torch.isfinite(conv.layout.values.grad.float()).all()
 
 
 def test_bfloat16_growth_scores_match_float64():
