@@ -165,6 +165,37 @@ struct Tile {
   }
 };
 
+// The tile of a kernel's dot products against gathered rows (SDDMM, the fused backward's value gradient).
+// bfloat16 on a CPU with the bfloat16 pair instruction: the row held as it is stored (32 elements a
+// register) and each lane adding two exact products per instruction (vdpbf16ps), half the instructions of
+// widening both sides; otherwise the Tile itself. (vdpbf16ps treats bfloat16 denormals as zero.)
+#if defined(__AVX512BF16__)
+template <int W>
+struct PairDotTile {
+  static constexpr int kVectors = W / 32;
+  __m512bh r[kVectors];
+  static __m512bh raw(const c10::BFloat16* p) { return (__m512bh)_mm512_loadu_si512(p); }
+  void load(const c10::BFloat16* p) {
+#pragma GCC unroll 8
+    for (int q = 0; q < kVectors; ++q) r[q] = raw(p + 32 * q);
+  }
+  float dot(const c10::BFloat16* x) const {
+    __m512 s0 = _mm512_dpbf16_ps(_mm512_setzero_ps(), r[0], raw(x)), s1 = _mm512_setzero_ps();
+#pragma GCC unroll 8
+    for (int q = 1; q < kVectors; ++q) {
+      if (q % 2) s1 = _mm512_dpbf16_ps(s1, r[q], raw(x + 32 * q));
+      else s0 = _mm512_dpbf16_ps(s0, r[q], raw(x + 32 * q));
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+  }
+};
+template <typename T, int W> struct DotTileOf { using type = Tile<T, W>; };
+template <int W> struct DotTileOf<c10::BFloat16, W> { using type = PairDotTile<W>; };
+template <typename T, int W> using DotTile = typename DotTileOf<T, W>::type;
+#else
+template <typename T, int W> using DotTile = Tile<T, W>;
+#endif
+
 // Row boundaries of n_chunks chunks of roughly equal cost crow[i] + i (entries plus per-row overhead).
 template <typename I>
 std::vector<int64_t> balanced_row_chunks(const I* crow, int64_t n_rows, int64_t n_chunks) {
@@ -367,7 +398,7 @@ template <typename T, typename I, int W, typename O = acc_t<T>>
 int64_t sddmm_run(const T* a, const I* col, const T* right, O* out, int64_t R, int64_t w, bool accumulate,
                   int64_t e, int64_t e_end, int64_t limit, int64_t prefetch_end, int64_t prefetch) {
   if (w == W) {
-    Tile<T, W> row_tile;
+    DotTile<T, W> row_tile;
     row_tile.load(a);
     for (; e < e_end && static_cast<int64_t>(col[e]) < limit; ++e) {
       if (prefetch > 0 && e + prefetch < prefetch_end)
@@ -444,7 +475,8 @@ void grads_transposed_impl(const I* ccol, const I* pairs, const T* val, const T*
       T* o = grad_x + j * R + r0;
       const T* xj = x + j * R + r0;
       if (w == W) {
-        Tile<T, W> acc, xt;
+        Tile<T, W> acc;
+        DotTile<T, W> xt;
         sums.load(acc, o, first, slot);
         xt.load(xj);
         for (; p < end && static_cast<int64_t>(pairs[2 * p + 1]) < limit; ++p) {
