@@ -15,7 +15,7 @@ import torch
 from sparsetrain import bench, retain_freed_memory
 
 FAN_IN = 64
-DTYPES = ("float32", "bfloat16")
+DTYPES = tuple(bench.DTYPES)  # float32, bfloat16
 
 
 def main() -> None:

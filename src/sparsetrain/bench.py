@@ -55,7 +55,11 @@ def timed(fn: Callable[[], None], reps: int, warmup: int = 1) -> dict[str, float
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "reps": reps}
+    return _summary(times)
+
+
+def _summary(times: list[float]) -> dict[str, float]:
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "reps": len(times)}
 
 
 def interleaved(steps: dict, rounds: int, per_round: int = 1) -> dict:
@@ -71,8 +75,7 @@ def interleaved(steps: dict, rounds: int, per_round: int = 1) -> dict:
                 start = time.perf_counter()
                 step()
                 times[key].append(time.perf_counter() - start)
-    return {key: {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts), "reps": len(ts)}
-            for key, ts in times.items()}
+    return {key: _summary(ts) for key, ts in times.items()}
 
 
 def with_backend(name: str, step: Callable[[], None]) -> Callable[[], None]:
