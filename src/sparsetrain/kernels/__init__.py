@@ -19,6 +19,7 @@ from .backend import (
 from . import cpp_ext, torch_ops
 from .linear import Transposed, sparse_linear
 from .topology import (
+    block_slots,
     coordinates_to_linear,
     csr_rows,
     csr_linear,
@@ -29,17 +30,19 @@ from .topology import (
     order_check,
     rows_to_crow,
     sample_and_score,
+    scatter_permuted,
     select_k,
     sorted_uniform_draws,
     transpose_csr,
     unique_difference,
 )
 
-__all__ = ["spmm", "spmm_transposed", "sddmm", "linear_grads", "sddmm_coo", "feature_major", "sparse_linear", "active_backends", "rows_to_crow", "transpose_order",
+__all__ = ["spmm", "to_storage", "spmm_transposed", "sddmm", "linear_grads", "sddmm_coo", "feature_major", "sparse_linear", "active_backends", "rows_to_crow", "transpose_order",
            "KernelUnavailableError", "KernelFallbackWarning",
            # topology operations (topology.py)
            "linear_index", "linear_to_csr", "sorted_uniform_draws", "unique_difference", "select_k", "merge_entries",
-           "transpose_csr", "gather_or_zero", "coordinates_to_linear", "order_check", "sample_and_score", "csr_linear", "csr_rows"]
+           "transpose_csr", "gather_or_zero", "coordinates_to_linear", "order_check", "sample_and_score", "csr_linear", "csr_rows",
+           "block_slots", "scatter_permuted"]
 
 _INDEX_DTYPES = (torch.int32, torch.int64)
 
@@ -55,16 +58,26 @@ def _check_dense(name: str, t: torch.Tensor, rows: int, what: str) -> None:
 
 
 def spmm(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, dense_fm: torch.Tensor,
-         n_cols: int) -> torch.Tensor:
-    """Feature-major SpMM: (n_rows, R) = CSR(n_rows x n_cols) @ (n_cols, R)."""
+         n_cols: int, slots: torch.Tensor | None = None) -> torch.Tensor:
+    """Feature-major SpMM: (n_rows, R) = CSR(n_rows x n_cols) @ (n_cols, R).
+
+    ``slots``: entry p's value is ``values[slots[p]]`` (row-block value storage, :func:`block_slots`); our
+    CPU kernel reads it in place, other backends gather the values into CSR order first.
+    """
     _check_index("crow", crow)
     _check_index("col", col)
     _check_dense("dense_fm", dense_fm, n_cols, "n_cols")
-    if values.shape != col.shape:
-        raise ValueError(f"values must have the shape of col {tuple(col.shape)}, got {tuple(values.shape)}")
+    if values.shape != col.shape or (slots is not None and slots.shape != col.shape):
+        raise ValueError(f"values (and slots) must have the shape of col {tuple(col.shape)}, got "
+                         f"{tuple(values.shape)}{'' if slots is None else f' and {tuple(slots.shape)}'}")
     if values.dtype != dense_fm.dtype:
         raise ValueError(f"values dtype {values.dtype} must equal dense_fm dtype {dense_fm.dtype}")
-    return implementation(dense_fm.device, dense_fm.dtype).spmm(crow, col, values, dense_fm, n_cols)
+    impl = implementation(dense_fm.device, dense_fm.dtype)
+    if slots is None:
+        return impl.spmm(crow, col, values, dense_fm, n_cols)
+    if impl is cpp_ext:
+        return cpp_ext.spmm_permuted(crow, col, values, slots, dense_fm)
+    return impl.spmm(crow, col, values.index_select(0, slots), dense_fm, n_cols)
 
 
 def spmm_transposed(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, dense_fm: torch.Tensor,
@@ -84,19 +97,26 @@ def spmm_transposed(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor,
 
 
 def linear_grads(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, gy_fm: torch.Tensor,
-                 x_fm: torch.Tensor, transposed: Transposed) -> tuple[torch.Tensor, torch.Tensor]:
+                 x_fm: torch.Tensor, transposed: Transposed,
+                 slots: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Both gradients of y = W x: (Wᵀ gy_fm, gy·xᵀ at W's entries) = (:func:`spmm_transposed`, :func:`sddmm`).
 
     Our CPU kernel computes them in one walk of the transposed CSR, gathering each entry's gy row once for
-    both; other backends make the two calls.
+    both; other backends make the two calls. With ``slots`` (row-block value storage: ``perm_t`` then holds
+    storage positions) the value gradient comes back in the values' own storage order.
     """
     _check_pair(gy_fm, x_fm)
     impl = implementation(gy_fm.device, gy_fm.dtype)
     if impl is not cpp_ext:
         return (spmm_transposed(crow, col, values, gy_fm, x_fm.shape[0], transposed),
-                sddmm(crow, col, gy_fm, x_fm))
+                to_storage(sddmm(crow, col, gy_fm, x_fm), slots))
     ccol, row_t, perm_t = _checked_transposed(crow, col, values, gy_fm, x_fm.shape[0], transposed)
     return cpp_ext.grads_transposed(ccol, row_t, perm_t, values, gy_fm, x_fm)
+
+
+def to_storage(slot_ordered: torch.Tensor, slots: torch.Tensor | None) -> torch.Tensor:
+    """A CSR-ordered per-entry tensor in the values' storage order (itself when there are no ``slots``)."""
+    return slot_ordered if slots is None else scatter_permuted(slot_ordered, slots)
 
 
 def sddmm(crow: torch.Tensor, col: torch.Tensor, left_fm: torch.Tensor, right_fm: torch.Tensor) -> torch.Tensor:

@@ -1694,6 +1694,67 @@ std::tuple<torch::Tensor, torch::Tensor> transpose_csr(torch::Tensor crow, torch
   return {pairs, ccol};
 }
 
+// Row-block storage of the values (CompressedLayout, value_block): the values of each block of `block_rows`
+// rows keep the block's CSR range but are ordered by (column, row) inside it, which is the order in which
+// the transposed walk reaches them, so that walk reads each block's values (and writes their gradients)
+// as one forward stream: a few live lines per block instead of a random line per entry. Given the
+// transposed CSR's (slot, row) pairs (column-major, rows ascending within a column), rewrites each pair's
+// slot as its storage position and returns `slots`, the storage position of every CSR entry (what the row
+// walk reads values through). Stable bucket pass over the pairs: per-thread counts per block, O(nnz).
+torch::Tensor block_slots(torch::Tensor crow, torch::Tensor pairs, int64_t block_rows) {
+  TORCH_CHECK_VALUE(block_rows >= 1, "block_rows must be >= 1, got ", block_rows);
+  TORCH_CHECK(crow.device().is_cpu() && crow.dim() == 1 && crow.is_contiguous() && crow.numel() >= 1,
+              "crow must be a contiguous 1-D CPU tensor with at least one element");
+  TORCH_CHECK(pairs.device().is_cpu() && pairs.dim() == 2 && pairs.size(1) == 2 && pairs.is_contiguous() &&
+                  pairs.scalar_type() == crow.scalar_type() &&
+                  (crow.scalar_type() == torch::kInt32 || crow.scalar_type() == torch::kInt64),
+              "pairs must be a contiguous (nnz, 2) CPU tensor of crow's dtype (int32 or int64)");
+  const int64_t n_rows = crow.numel() - 1, nnz = pairs.size(0);
+  const int64_t n_blocks = (n_rows + block_rows - 1) / block_rows;
+  auto slots = torch::empty({nnz}, crow.options());
+  dispatch_index(crow, [&](auto tag) {
+    using I = decltype(tag);
+    const I* cp = crow.data_ptr<I>();
+    check_row_pointers(cp, n_rows, nnz);
+    auto* pr = reinterpret_cast<SlotRow<I>*>(pairs.data_ptr<I>());
+    I* sl = slots.data_ptr<I>();
+    const int nt = team_for(nnz);
+    std::vector<int64_t> next(static_cast<size_t>(nt) * n_blocks, 0);
+    bool bad = false;
+#pragma omp parallel num_threads(nt) reduction(|| : bad)
+    {
+      const int t = omp_get_thread_num();
+      int64_t* h = next.data() + static_cast<size_t>(t) * n_blocks;
+      for (int64_t k = nnz * t / nt, e = nnz * (t + 1) / nt; k < e; ++k) {
+        const int64_t r = pr[k].row, s = pr[k].slot;
+        if (r < 0 || r >= n_rows || s < cp[r] || s >= cp[r + 1]) { bad = true; continue; }
+        ++h[r / block_rows];
+      }
+    }
+    TORCH_CHECK_VALUE(!bad, "pairs must hold (slot, row) of the CSR's own entries (transpose_csr's output)");
+    for (int64_t b = 0; b < n_blocks; ++b) {  // thread t's first position in block b
+      int64_t off = cp[b * block_rows];
+      for (int t = 0; t < nt; ++t) {
+        int64_t& h = next[static_cast<size_t>(t) * n_blocks + b];
+        const int64_t n = h;
+        h = off;
+        off += n;
+      }
+    }
+#pragma omp parallel num_threads(nt)
+    {
+      const int t = omp_get_thread_num();
+      int64_t* pos = next.data() + static_cast<size_t>(t) * n_blocks;
+      for (int64_t k = nnz * t / nt, e = nnz * (t + 1) / nt; k < e; ++k) {
+        const I s = static_cast<I>(pos[pr[k].row / block_rows]++);
+        sl[pr[k].slot] = s;
+        pr[k].slot = s;
+      }
+    }
+  });
+  return slots;
+}
+
 // out[i] = src[index[i]], or 0 where index[i] < 0 (a remap of parameter-shaped state across a slot change).
 template <typename T, typename I>
 bool gather_or_zero_impl(const T* sp, int64_t ns, const I* ix, T* o, int64_t n) {
@@ -1721,6 +1782,37 @@ torch::Tensor gather_or_zero(torch::Tensor src, torch::Tensor index) {
     });
   });
   TORCH_CHECK_VALUE(!bad, "gather_or_zero: index has entries >= src length ", ns);
+  return out;
+}
+
+// out[index[i]] = src[i] for a permutation `index` (CSR-ordered values into row-block storage, block_slots).
+template <typename T, typename I>
+bool scatter_permuted_impl(const T* sp, const I* ix, T* o, int64_t n) {
+  bool bad = false;
+#pragma omp parallel for num_threads(team_for(n)) schedule(static) reduction(|| : bad)
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t j = ix[i];
+    if (j < 0 || j >= n) { bad = true; continue; }
+    o[j] = sp[i];
+  }
+  return bad;
+}
+
+torch::Tensor scatter_permuted(torch::Tensor src, torch::Tensor index) {
+  check_index_vector(index, "index");
+  TORCH_CHECK(src.device().is_cpu() && src.dim() == 1 && src.numel() == index.numel(),
+              "src must be a 1-D CPU tensor of index's length");
+  auto s = src.contiguous();
+  const int64_t n = s.numel();
+  auto out = torch::empty({n}, s.options());
+  bool bad = false;
+  AT_DISPATCH_ALL_TYPES_AND3(torch::kHalf, torch::kBFloat16, torch::kBool, s.scalar_type(), "scatter_permuted", [&] {
+    dispatch_index(index, [&](auto tag) {
+      using I = decltype(tag);
+      bad = scatter_permuted_impl<scalar_t, I>(s.data_ptr<scalar_t>(), index.data_ptr<I>(), out.data_ptr<scalar_t>(), n);
+    });
+  });
+  TORCH_CHECK_VALUE(!bad, "scatter_permuted: index has entries outside [0, ", n, ")");
   return out;
 }
 
@@ -2102,6 +2194,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("select_k", &select_k, "ascending positions of the k largest/smallest scores, ties to the lower position");
   m.def("merge_entries", &merge_entries, "kept CSR entries merged with sorted new ones, payloads carried: (crow, col, source, collisions, carried)");
   m.def("transpose_csr", &transpose_csr, "transposed CSR by counting sort: ((slot, row) pairs, ccol)");
+  m.def("block_slots", &block_slots, "row-block value storage: storage slots into transposed pairs (in place) and of CSR entries");
+  m.def("scatter_permuted", &scatter_permuted, "out[index[i]] = src[i] for a permutation index");
   m.def("gather_or_zero", &gather_or_zero, "src[index], 0 where index < 0");
   m.def("coordinates_to_linear", &coordinates_to_linear, "(lin, all in range, strictly increasing)");
   m.def("order_check", &order_check, "(all in [0, high), strictly increasing)");

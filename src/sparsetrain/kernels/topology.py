@@ -261,6 +261,46 @@ def transpose_csr(crow: torch.Tensor, col: torch.Tensor, n_cols: int) -> tuple[t
     return perm, ccol, csr_rows(crow).index_select(0, perm)
 
 
+def block_slots(crow: torch.Tensor, perm: torch.Tensor, row_t: torch.Tensor, block_rows: int) -> torch.Tensor:
+    """Row-block storage of a CSR's values: the values of each block of ``block_rows`` rows keep the block's
+    CSR range, ordered inside it as the transposed walk reaches them (columns ascending, rows ascending within
+    a column). Rewrites ``perm`` (from :func:`transpose_csr`) in place into storage positions and returns
+    ``slots``, the storage position of every CSR entry. O(nnz)."""
+    _check_index("crow", crow)
+    if perm.shape != row_t.shape or perm.dtype != crow.dtype or row_t.dtype != crow.dtype:
+        raise ValueError("perm and row_t must be transpose_csr's output for this crow (one shape, crow's dtype)")
+    if block_rows < 1:
+        raise ValueError(f"block_rows must be >= 1, got {block_rows}")
+    cpp = _cpp(crow.device)
+    if cpp is not None:
+        pairs = cpp._pairs_of(perm, row_t)
+        if pairs is not None:
+            return cpp.block_slots(crow, pairs, block_rows)
+        pairs = torch.stack((perm, row_t), dim=1)
+        slots = cpp.block_slots(crow, pairs, block_rows)
+        perm.copy_(pairs[:, 0])
+        return slots
+    # a stable sort by block keeps the walk's order inside each block, and blocks fill the storage in order
+    by_block = torch.sort(torch.div(row_t, block_rows, rounding_mode="floor"), stable=True).indices
+    storage = torch.empty_like(perm)
+    storage[by_block] = torch.arange(perm.numel(), device=perm.device, dtype=perm.dtype)
+    slots = torch.empty_like(perm)
+    slots[perm.long()] = storage
+    perm.copy_(storage)
+    return slots
+
+
+def scatter_permuted(src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``out[index[i]] = src[i]`` for a permutation ``index`` (the inverse of ``src[index]``)."""
+    _check_index("index", index)
+    if src.ndim != 1 or src.shape != index.shape:
+        raise ValueError(f"src must be 1-D of index's length {index.numel()}, got shape {tuple(src.shape)}")
+    cpp = _cpp(src.device)
+    if cpp is not None:
+        return cpp.scatter_permuted(src, index)
+    return torch.empty_like(src).index_copy_(0, index.long(), src)
+
+
 def gather_or_zero(src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``src[index]`` with 0 where ``index < 0`` (state carried across a slot change; -1 marks new slots)."""
     _check_index("index", index)

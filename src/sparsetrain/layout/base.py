@@ -105,6 +105,11 @@ class Layout(nn.Module, ABC):
         in order, each equal to ``apply(tensor)``.
         """
 
+    def slot_values(self, t: torch.Tensor | None = None) -> torch.Tensor:
+        """The active values (detached; or a given per-slot tensor) in slot order, aligned with
+        :meth:`linear_indices`. Storages that keep the parameter in another order override this."""
+        return self.values.detach() if t is None else t
+
     @abstractmethod
     def to_dense(self) -> torch.Tensor:
         """The dense (n_out, n_in) weight: for tests and export only."""

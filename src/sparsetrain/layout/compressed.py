@@ -2,10 +2,18 @@
 
 Persistent state (what a checkpoint holds): ``values`` (the parameter), ``crow`` (n_out + 1 row pointers)
 and ``col`` (one column per active weight, ascending within a row): 4 bytes of index per active weight
-with int32 indices. ``row`` (each entry's row) is derived on demand. Derived on every topology change:
-the transposed CSR, built only when a backend asks for it (``transposed()``): ``ccol`` (column pointers),
-``row_t`` (row of each entry in column-major order) and ``perm_t`` (its value slot). Nothing here is ever
-of size n_out × n_in.
+with int32 indices, and ``value_block`` (how the values are stored, below). ``row`` (each entry's row) is
+derived on demand. Derived on every topology change: the transposed CSR, built only when a backend asks for
+it (``transposed()``): ``ccol`` (column pointers), ``row_t`` (row of each entry in column-major order) and
+``perm_t`` (its value's position). Nothing here is ever of size n_out × n_in.
+
+Value storage. Slots — what ``drop_slots``, ``linear_indices()``, ``coordinates()`` and ``slot_values()``
+count — are the CSR entries in row-major order. The parameter holds them in that order, unless
+``value_block`` = b > 0 (chosen for large CPU layers, ``cpp_ext.value_block_rows``): then the values of
+each block of b rows keep the block's range of the parameter but are ordered inside it by (column, row),
+the order in which the backward's transposed walk reaches them, and ``slots()`` gives each CSR entry's
+position in the parameter (4 bytes per active weight, derived with the transposed CSR). Optimizer state
+lives in the parameter's order; checkpoints hold the values in slot order.
 """
 from __future__ import annotations
 
@@ -14,7 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..kernels import csr_rows, linear_index, merge_entries, rows_to_crow, transpose_csr
+from ..kernels import block_slots, cpp_ext, csr_rows, linear_index, merge_entries, rows_to_crow, scatter_permuted, transpose_csr
 from .base import GatherRemap, Layout, validate_drop_slots, validate_new_coordinates
 
 _INT32_LIMIT = 2**31 - 1
@@ -66,7 +74,7 @@ class CompressedLayout(Layout):
     """Active values + sorted (row, col) coordinates; never materialises the dense weight."""
 
     def __init__(self, shape: tuple[int, int], linear_indices: torch.Tensor, values: torch.Tensor | None = None,
-                 *, dtype: torch.dtype | None = None):
+                 *, dtype: torch.dtype | None = None, value_block: int | None = None):
         super().__init__()
         self.shape = (int(shape[0]), int(shape[1]))
         lin = linear_indices.long().flatten()
@@ -82,7 +90,17 @@ class CompressedLayout(Layout):
         idx = index_dtype_for(self.shape, lin.numel())
         self.register_buffer("crow", rows_to_crow((lin // self.shape[1]).to(idx), self.shape[0]))
         self.register_buffer("col", (lin % self.shape[1]).to(idx))
+        if value_block is None:
+            on_cpu = self.values.device.type == "cpu"
+            value_block = cpp_ext.value_block_rows(self.shape[0], self.nnz, self.values.element_size()) if on_cpu else 0
+        if isinstance(value_block, bool) or not isinstance(value_block, int) or value_block < 0:
+            raise ValueError(f"value_block must be an int >= 0 (rows per value block, 0: CSR order), got {value_block!r}")
+        self.register_buffer("value_block", torch.tensor(value_block, dtype=torch.int64))
+        self._block_rows = value_block
         self._transposed: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._slots: torch.Tensor | None = None
+        if value_block:
+            self.values.data = self.to_storage(self.values.data)
 
     @classmethod
     def random(cls, shape: tuple[int, int], nnz: int, *, generator: torch.Generator | None = None,
@@ -110,10 +128,48 @@ class CompressedLayout(Layout):
     def coordinates(self) -> torch.Tensor:
         return torch.stack((self.row.long(), self.col.long()), dim=1)
 
+    # --- value storage -----------------------------------------------------------------------------
+    @property
+    def blocked(self) -> bool:
+        """Whether the values are in row-block storage order (see the module docstring)."""
+        return self._block_rows > 0
+
+    def slots(self) -> torch.Tensor | None:
+        """Position in the parameter of each CSR entry under row-block storage (None: CSR order), built with
+        the transposed CSR after a topology change."""
+        if not self.blocked:
+            return None
+        self.transposed()
+        return self._slots
+
+    @property
+    def block_rows(self) -> int:
+        """Rows per value block (0: CSR order)."""
+        return self._block_rows
+
+    def slot_values(self, t: torch.Tensor | None = None) -> torch.Tensor:
+        """A parameter-shaped tensor (default: the values, detached) in slot order: itself under CSR storage,
+        else a gathered copy (differentiable)."""
+        t = self.values.detach() if t is None else t
+        slots = self.slots()
+        return t if slots is None else t.index_select(0, slots)
+
+    def to_storage(self, slot_ordered: torch.Tensor) -> torch.Tensor:
+        """A slot-ordered per-entry tensor in the parameter's order (itself under CSR storage)."""
+        slots = self.slots()
+        return slot_ordered if slots is None else scatter_permuted(slot_ordered, slots)
+
+    @torch.no_grad()
+    def set_slot_values(self, slot_ordered: torch.Tensor) -> None:
+        """Write the values given in slot order into the parameter."""
+        self.values.copy_(self.to_storage(slot_ordered.to(self.values.dtype)))
+
     def replace(self, drop_slots: torch.Tensor, new_coordinates: torch.Tensor,
                 carry: Sequence[torch.Tensor] = ()) -> GatherRemap:
         """One merge of the kept (row, col) entries with the sorted new ones (O(nnz), in the index dtype)
-        that also carries the values and ``carry``; nothing is changed when the input is rejected."""
+        that also carries the values and ``carry`` (parameter-shaped, in the parameter's order); nothing is
+        changed when the input is rejected. Under row-block storage the merge runs in slot order and its
+        results are put back into the new storage order (two O(nnz) permutations per tensor)."""
         drop = validate_drop_slots(drop_slots.to(self.col.device), self.nnz)
         new_lin = validate_new_coordinates(new_coordinates.to(self.col.device), self.shape)
         crow, col = self.crow, self.col
@@ -124,21 +180,27 @@ class CompressedLayout(Layout):
             if t.shape != self.values.shape:
                 raise ValueError(f"carry tensors must have the shape of the values {tuple(self.values.shape)}, "
                                  f"got {tuple(t.shape)}")
-        crow, col, source, collisions, carried = merge_entries(crow, col, drop, new_lin, self.shape[1],
-                                                               [self.values.data, *carry])
+        old_slots = self.slots()
+        payloads = [self.slot_values(t) for t in (self.values.data, *carry)]
+        crow, col, source, collisions, carried = merge_entries(crow, col, drop, new_lin, self.shape[1], payloads)
         if collisions:
             raise ValueError(f"new_coordinates includes positions that stay active ({collisions} of them)")
+        self.crow, self.col = crow, col
+        self._transposed = self._slots = None  # rebuilt when next asked for
+        if old_slots is not None:  # back into storage order; the remap then reads old storage positions
+            carried = [self.to_storage(t) for t in carried]
+            kept = source >= 0
+            source = self.to_storage(torch.where(kept, old_slots.index_select(0, source.clamp(min=0)).to(source.dtype),
+                                                 source))
         remap = GatherRemap(source, carried=tuple(carried[1:]))
         with torch.no_grad():
             _swap_data(self.values, carried[0])
         self.values.grad = None
-        self.crow, self.col = crow, col
-        self._transposed = None  # rebuilt when next asked for
         return remap
 
     def to_dense(self) -> torch.Tensor:
         dense = torch.zeros(self.shape, dtype=self.values.dtype, device=self.values.device)
-        dense[self.row.long(), self.col.long()] = self.values.detach()
+        dense[self.row.long(), self.col.long()] = self.slot_values()
         return dense
 
     # --- derived indices ----------------------------------------------------------------------------
@@ -152,6 +214,8 @@ class CompressedLayout(Layout):
         if cached is None or cached[0].device != self.col.device:
             # one O(nnz) counting sort on CPU gives the column order, the column pointers and the rows in it
             perm_t, ccol, row_t = transpose_csr(self.crow, self.col, self.shape[1])
+            if self.blocked:  # perm_t becomes storage positions; slots the storage position of each CSR entry
+                self._slots = block_slots(self.crow, perm_t, row_t, self._block_rows)
             cached = self._transposed = (ccol, row_t, perm_t)
         return cached
 
@@ -176,16 +240,23 @@ class CompressedLayout(Layout):
 
     def index_bytes(self) -> int:
         """Bytes of the index tensors held now (persistent, row pointers, and the transposed CSR if built)."""
-        held = (self.col, self.crow, *(self._transposed or ()))
+        held = (self.col, self.crow, *(self._transposed or ()), *(() if self._slots is None else (self._slots,)))
         return sum(b.numel() * b.element_size() for b in held)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.blocked:  # checkpoints hold the values in slot order, whatever the storage
+            destination[prefix + "values"] = self.slot_values(self.values if keep_vars else self.values.detach())
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
         # The number of active weights may differ from ours (global-scope methods move weights between
         # layers): take the incoming sizes before the copy, then check the CSR. A checkpoint of the earlier
-        # (row, col) storage is converted.
+        # (row, col) storage is converted; one from before row-block storage has its values in CSR order.
         if prefix + "row" in state_dict and prefix + "crow" not in state_dict:
             state_dict[prefix + "crow"] = rows_to_crow(state_dict.pop(prefix + "row").contiguous(), self.shape[0])
+        if prefix + "value_block" not in state_dict and prefix + "values" in state_dict:
+            state_dict[prefix + "value_block"] = torch.tensor(0, dtype=torch.int64)
         crow, col, values = (state_dict.get(prefix + k) for k in ("crow", "col", "values"))
         if crow is not None and col is not None and values is not None:
             if not (col.shape == values.shape and col.ndim == 1 and crow.ndim == 1
@@ -198,7 +269,11 @@ class CompressedLayout(Layout):
             self.col = self.col.new_empty(col.shape, dtype=col.dtype)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
-        self._transposed = None
+        self._transposed = self._slots = None
+        self._block_rows = int(self.value_block)
+        if self._block_rows < 0:
+            error_msgs.append(f"{prefix}: value_block must be >= 0, got {self._block_rows}")
+            return
         steps = self.crow.diff()
         if int(self.crow[0]) != 0 or int(self.crow[-1]) != self.col.numel() or bool((steps < 0).any()):
             error_msgs.append(f"{prefix}: crow must be non-decreasing from 0 to the number of entries")
@@ -207,3 +282,7 @@ class CompressedLayout(Layout):
             lin = self.linear_indices()
             if int(self.col.min()) < 0 or int(self.col.max()) >= self.shape[1] or bool((lin[1:] <= lin[:-1]).any()):
                 error_msgs.append(f"{prefix}: columns must lie in [0, {self.shape[1]}) and ascend within each row")
+                return
+        if self.blocked:  # the checkpoint's values are in slot order
+            with torch.no_grad():
+                self.values.data = self.to_storage(self.values.data)

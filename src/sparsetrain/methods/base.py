@@ -84,7 +84,7 @@ class Layer:
 
     def smallest(self, k: int) -> torch.Tensor:
         """Ascending slots of the k smallest |θ| (ties to the lower slot), without forming |θ|."""
-        return bottom_k(self.module.layout.values.detach(), k, absolute=True)
+        return bottom_k(self.module.layout.slot_values(), k, absolute=True)
 
     def parts(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return self.observed.parts if self.observed is not None else []

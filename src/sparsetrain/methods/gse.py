@@ -69,7 +69,7 @@ class GSE(Method):
         scores = torch.cat([c.scores for c in found])
         k = min(k, scores.numel())
         grow = top_k(scores, k)                       # ties: lower layer index, then lower position
-        drop = bottom_k(torch.cat([layer.layout.values.detach() for layer in self.layers]), k, absolute=True)
+        drop = bottom_k(torch.cat([layer.layout.slot_values() for layer in self.layers]), k, absolute=True)
         plans, c_start, m_start = {}, 0, 0
         for layer, cand in zip(self.layers, found):
             c_end, m_end = c_start + len(cand), m_start + layer.nnz

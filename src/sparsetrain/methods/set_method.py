@@ -30,7 +30,7 @@ class SET(PruneThenGrow):
     def prune_slots(self, layer: Layer, k: int) -> torch.Tensor:
         if self.prune_rule == "magnitude":
             return layer.smallest(k)
-        values = layer.layout.values.detach()
+        values = layer.layout.slot_values()
         negative = torch.nonzero(values < 0).flatten()
         nonneg = torch.nonzero(values >= 0).flatten()
         k_neg = min(negative.numel(), count_of(k / max(1, values.numel()), negative.numel(), self.k_rounding))

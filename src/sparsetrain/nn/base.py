@@ -89,7 +89,10 @@ class SparseModule(nn.Module):
 
     @property
     def values(self) -> torch.Tensor:
-        return self.layout.values
+        """The active values in slot order, aligned with :meth:`coordinates` (the parameter itself unless a
+        compressed layout stores them in row-block order: then a differentiable gathered copy)."""
+        layout = self.layout
+        return layout.slot_values(layout.values) if isinstance(layout, CompressedLayout) else layout.values
 
     @property
     def is_compressed(self) -> bool:
@@ -105,7 +108,7 @@ class SparseModule(nn.Module):
         if isinstance(layout, CompressedLayout):
             bound = torch.sqrt(3.0 / layout.fan_in().clamp(min=1).to(layout.values.dtype))
             noise = torch.rand(layout.nnz, generator=generator, device=layout.values.device)
-            layout.values.copy_((noise * 2 - 1) * bound[layout.row.long()])
+            layout.set_slot_values((noise * 2 - 1) * bound[layout.row.long()])
         else:
             assert isinstance(layout, MaskedLayout)
             mask2d = layout.mask.view(layout.shape)
@@ -124,7 +127,7 @@ class SparseModule(nn.Module):
         flat = weight.reshape(-1).to(self.layout.parameter.dtype)
         lin = self.layout.linear_indices()
         if isinstance(self.layout, CompressedLayout):
-            self.layout.values.copy_(flat[lin])
+            self.layout.set_slot_values(flat[lin])
         else:
             self.layout.weight.view(-1).zero_()
             self.layout.weight.view(-1)[lin] = flat[lin]

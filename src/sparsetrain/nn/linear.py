@@ -64,7 +64,8 @@ class SparseLinear(_LinearShape, SparseModule):
         # a 2-D input goes in as itself, not as a reshaped view: a leaf input then gets its gradient in its
         # own (batch-major) layout from our transpose, instead of autograd copying a transposed view
         rows = x if x.dim() == 2 else x.reshape(-1, self.in_features)
-        y = sparse_linear(rows, values, L.crow, L.col, L.transposed, self.in_features, self.backward_observer)
+        y = sparse_linear(rows, values, L.crow, L.col, L.transposed, self.in_features, self.backward_observer,
+                         L.slots())
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)  # under autocast y is bfloat16: keep it so (no float32 copy)
         return y.reshape(*lead, self.out_features)

@@ -1,0 +1,223 @@
+"""Row-block value storage (CompressedLayout value_block > 0): the parameter's order changes, nothing else.
+
+Its invariants: ``block_slots`` is a permutation that keeps every block of rows in its own CSR range, ordered
+inside by (column, row), and agrees between our C++ and the torch formulation; a blocked layer computes
+bitwise the same outputs and gradients as a CSR-ordered one (every backward path, both backends, float32 and
+bfloat16, linear and conv); training with a dynamic method (pruning ties included) follows bitwise the same
+trajectory; checkpoints hold slot order and resume into the same storage; bad settings are refused.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from sparsetrain import kernels, methods, rng
+from sparsetrain.errors import ConfigError
+from sparsetrain.kernels import backend, cpp_ext
+from sparsetrain.layout import CompressedLayout, random_linear_indices
+from sparsetrain.nn import SparseConv2d, SparseLinear, sparse_layers
+
+BACKENDS = ["cpp", "torch"]
+OPTIMIZERS = {"adam": lambda p: torch.optim.Adam(p, lr=1e-2),
+              "sgd_momentum": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-4)}
+
+
+def _csr(n_rows=37, n_cols=23, nnz=300, seed=0, dtype=torch.int32):
+    lin = random_linear_indices((n_rows, n_cols), nnz, torch.Generator().manual_seed(seed))
+    rows, cols = (lin // n_cols).to(dtype), (lin % n_cols).to(dtype)
+    crow = kernels.rows_to_crow(rows, n_rows)
+    crow[5:9] = crow[5]  # a few empty rows (the later rows keep their entries)
+    return CompressedLayout((n_rows, n_cols), lin).crow.to(dtype), cols, rows
+
+
+@pytest.mark.parametrize("block_rows", [1, 3, 8, 64])
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+def test_block_slots_is_a_blockwise_column_major_permutation(monkeypatch, block_rows, index_dtype):
+    crow, col, row = _csr(dtype=index_dtype)
+    results = {}
+    for name in BACKENDS:
+        monkeypatch.setenv(backend.ENV_VAR, name)
+        perm, ccol, row_t = kernels.transpose_csr(crow, col, 23)
+        csr_perm = perm.clone()
+        slots = kernels.block_slots(crow, perm, row_t, block_rows)
+        results[name] = (slots, perm)
+        nnz = col.numel()
+        assert torch.equal(torch.sort(slots.long()).values, torch.arange(nnz))  # a permutation
+        assert torch.equal(perm, slots[csr_perm.long()])                        # perm_t now in storage positions
+        # every block keeps its CSR range; inside it the storage order is (column, row)
+        block = row.long() // block_rows
+        starts = crow.long()[torch.clamp(block * block_rows, max=crow.numel() - 1)]
+        ends = crow.long()[torch.clamp((block + 1) * block_rows, max=crow.numel() - 1)]
+        assert bool(((slots >= starts) & (slots < ends)).all())
+        order = torch.argsort(slots.long())
+        key = block[order] * (23 * 64) + col.long()[order] * 64 + row.long()[order] % 64
+        assert bool((key[1:] > key[:-1]).all())
+    assert torch.equal(*[r[0] for r in results.values()]) and torch.equal(*[r[1] for r in results.values()])
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_scatter_permuted_inverts_the_gather(monkeypatch, name):
+    monkeypatch.setenv(backend.ENV_VAR, name)
+    index = torch.randperm(50, generator=torch.Generator().manual_seed(2)).to(torch.int32)
+    src = torch.randn(50)
+    assert torch.equal(kernels.scatter_permuted(src, index)[index.long()], src)
+    with pytest.raises(ValueError, match="src must be 1-D of index's length"):
+        kernels.scatter_permuted(src[:10], index)
+
+
+def test_scatter_permuted_rejects_an_index_out_of_range():
+    with pytest.raises(ValueError, match=r"outside \[0, 3\)"):
+        kernels.scatter_permuted(torch.ones(3), torch.tensor([0, 1, 3], dtype=torch.int32))
+
+
+def _pair(factory, value_block, monkeypatch):
+    """The same layer twice, CSR-ordered and row-blocked."""
+    made = []
+    for vb in (0, value_block):
+        monkeypatch.setenv("SPARSETRAIN_CPU_VALUE_BLOCK", str(vb))
+        made.append(factory(rng.generator(0, 5)))
+    assert not made[0].layout.blocked and made[1].layout.blocked
+    assert not torch.equal(made[0].layout.values, made[1].layout.values)  # the parameters differ in order...
+    assert torch.equal(made[0].values, made[1].values)                      # ...the slot-ordered values do not
+    return made
+
+
+def _step(layer, x, needs_input_grad, dtype):
+    layer = layer.to(dtype)
+    x = x.detach().to(dtype).requires_grad_(needs_input_grad)
+    y = layer(x)
+    y.float().square().sum().backward()
+    return y, x.grad, layer.layout.slot_values(layer.layout.values.grad)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("path", ["fused", "values_only", "input_only"])
+def test_blocked_layer_computes_bitwise_the_same(monkeypatch, name, dtype, path):
+    plain, blocked = _pair(lambda g: SparseLinear(70, 45, sparsity=0.8, bias=False, generator=g), 4, monkeypatch)
+    monkeypatch.setenv(backend.ENV_VAR, name)
+    x = torch.randn(33, 70, generator=torch.Generator().manual_seed(3))
+    outs = []
+    for layer in (plain, blocked):
+        layer.layout.values.requires_grad_(path != "input_only")
+        if path == "input_only":
+            layer = layer.to(dtype)
+            xg = x.to(dtype).requires_grad_(True)
+            layer(xg).float().square().sum().backward()
+            outs.append((xg.grad,))
+        else:
+            outs.append(_step(layer, x, path == "fused", dtype))
+    for a, b in zip(*outs):
+        assert (a is None) == (b is None) and (a is None or torch.equal(a, b))
+
+
+def test_blocked_conv_computes_bitwise_the_same(monkeypatch):
+    plain, blocked = _pair(lambda g: SparseConv2d(3, 8, 3, padding=1, sparsity=0.5, generator=g), 2, monkeypatch)
+    x = torch.randn(2, 3, 7, 7, generator=torch.Generator().manual_seed(4))
+    outs = [_step(layer, x, True, torch.float32) for layer in (plain, blocked)]
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
+    assert torch.equal(plain.dense_weight(), blocked.dense_weight())
+
+
+def _model(g):
+    return torch.nn.Sequential(SparseLinear(24, 40, sparsity=0.7, generator=g), torch.nn.Tanh(),
+                               SparseLinear(40, 10, sparsity=0.6, generator=g))
+
+
+@pytest.mark.parametrize("method,hp", [("gse", {}), ("gse", {"scope": "global"}), ("set", {"set_prune": "sign_split"}),
+                                       ("rigl", {})])
+def test_training_follows_the_same_trajectory(monkeypatch, method, hp):
+    """Every update (ties among the zero-valued grown weights included) picks the same slots."""
+    results = []
+    for vb in (0, 3):
+        monkeypatch.setenv("SPARSETRAIN_CPU_VALUE_BLOCK", str(vb))
+        model = _model(rng.generator(0, 9))
+        opt = OPTIMIZERS["adam"](model.parameters())
+        m = methods.create(method, model, opt, total_steps=8, seed=1, delta_t=2, t_end=1.0, alpha=0.5, **hp)
+        g = torch.Generator().manual_seed(7)
+        for _ in range(8):
+            x, target = torch.randn(16, 24, generator=g), torch.randn(16, 10, generator=g)
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x), target).backward()
+            opt.step()
+            m.step()
+        layers = list(sparse_layers(model).values())
+        assert all(layer.layout.blocked == bool(vb) for layer in layers)
+        results.append([(layer.layout.linear_indices(), layer.values.detach(),
+                         *[layer.layout.slot_values(opt.state[layer.layout.parameter][k]) for k in ("exp_avg", "exp_avg_sq")])
+                        for layer in layers])
+    for a, b in zip(*results):
+        for ta, tb in zip(a, b):
+            assert torch.equal(ta, tb)
+
+
+def test_checkpoint_holds_slot_order_and_resumes_into_the_same_storage(monkeypatch):
+    monkeypatch.setenv("SPARSETRAIN_CPU_VALUE_BLOCK", "2")
+    model = _model(rng.generator(0, 9))
+    opt = OPTIMIZERS["sgd_momentum"](model.parameters())
+    method = methods.create("gse", model, opt, total_steps=6, seed=1, delta_t=2, t_end=1.0, alpha=0.5)
+    g = torch.Generator().manual_seed(7)
+    data = [(torch.randn(8, 24, generator=g), torch.randn(8, 10, generator=g)) for _ in range(6)]
+
+    def train(model, opt, method, steps):
+        for x, target in steps:
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x), target).backward()
+            opt.step()
+            method.step()
+
+    train(model, opt, method, data[:3])
+    saved = copy.deepcopy((model.state_dict(), opt.state_dict(), method.state_dict()))
+    first = model[0].layout
+    assert torch.equal(saved[0]["0.layout.values"], first.slot_values())
+    assert int(saved[0]["0.layout.value_block"]) == 2
+    train(model, opt, method, data[3:])
+
+    monkeypatch.setenv("SPARSETRAIN_CPU_VALUE_BLOCK", "0")  # the checkpoint's storage wins over the setting
+    resumed = _model(rng.generator(1, 1))
+    resumed.load_state_dict(saved[0])
+    assert resumed[0].layout.blocked and torch.equal(resumed[0].values, saved[0]["0.layout.values"])
+    ropt = OPTIMIZERS["sgd_momentum"](resumed.parameters())
+    ropt.load_state_dict(saved[1])
+    rmethod = methods.create("gse", resumed, ropt, total_steps=6, seed=1, delta_t=2, t_end=1.0, alpha=0.5)
+    rmethod.load_state_dict(saved[2])
+    train(resumed, ropt, rmethod, data[3:])
+    for a, b in zip(sparse_layers(model).values(), sparse_layers(resumed).values()):
+        assert torch.equal(a.layout.linear_indices(), b.layout.linear_indices())
+        assert torch.equal(a.layout.parameter, b.layout.parameter)
+
+
+def test_a_checkpoint_without_value_block_loads_as_csr_order():
+    layer = SparseLinear(12, 9, sparsity=0.5, generator=rng.generator(0, 1))
+    state = layer.state_dict()
+    del state["layout.value_block"]
+    other = SparseLinear(12, 9, sparsity=0.5, generator=rng.generator(0, 2))
+    other.load_state_dict(state)
+    assert not other.layout.blocked and torch.equal(other.values, layer.values)
+
+
+def test_bad_settings_are_refused(monkeypatch):
+    monkeypatch.setenv("SPARSETRAIN_CPU_VALUE_BLOCK", "many")
+    with pytest.raises(ConfigError, match=r"SPARSETRAIN_CPU_VALUE_BLOCK='many': allowed are 'auto' or a number"):
+        SparseLinear(8, 8, sparsity=0.5)
+    lin = random_linear_indices((4, 4), 5)
+    with pytest.raises(ValueError, match=r"value_block must be an int >= 0 .* got -1"):
+        CompressedLayout((4, 4), lin, value_block=-1)
+    monkeypatch.setenv("SPARSETRAIN_CPU_VALUE_BLOCK", "0")
+    with pytest.raises(ValueError, match="block_rows must be >= 1"):
+        crow, col, _ = _csr()
+        perm, _, row_t = kernels.transpose_csr(crow, col, 23)
+        kernels.block_slots(crow, perm, row_t, 0)
+
+
+def test_auto_blocks_from_half_of_l3(monkeypatch):
+    monkeypatch.setenv("SPARSETRAIN_CPU_VALUE_BLOCK", "auto")
+    nnz = cpp_ext.L3_BYTES // 2 // 4  # float32 values filling half of L3
+    rows = nnz // 64                   # fan-in 64: blocks of VALUE_BLOCK_BYTES / 256 B rows
+    assert cpp_ext.value_block_rows(rows, nnz, 4) == cpp_ext.VALUE_BLOCK_BYTES // 256
+    assert cpp_ext.value_block_rows(rows, nnz - 1, 4) == 0
+    assert cpp_ext.value_block_rows(10, nnz, 4) == 1  # rows longer than a block: one row per block
+    assert CompressedLayout((4, 4), random_linear_indices((4, 4), 5)).value_block.item() == 0
