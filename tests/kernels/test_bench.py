@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import runpy
 
@@ -83,6 +84,14 @@ def test_dtype_ab_quick(tmp_path, monkeypatch):
     data = _run_script("dtype_ab.py", ["--quick", "--rounds", "1"], tmp_path / "ab.json", monkeypatch)
     assert [r["n"] for r in data["rows"]] == [1024, 4096] and set(data["exponent"]) == {"float32", "bfloat16"}
     assert all(r["float32_ns"] > 0 and r["bfloat16_ns"] > 0 and r["ratio"] > 0 for r in data["rows"])
+
+
+def test_value_block_ab_quick(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARSETRAIN_CPU_VALUE_BLOCK", "0")  # the script sets its own storages and restores this
+    data = _run_script("value_block_ab.py", ["--quick", "--rounds", "1"], tmp_path / "vb.json", monkeypatch)
+    (row,) = data["rows"]
+    assert row["block_rows"] == 16 and row["csr_median_s"] > 0 and row["blocked_median_s"] > 0
+    assert os.environ["SPARSETRAIN_CPU_VALUE_BLOCK"] == "0"
 
 
 def test_interleaved_runs_each_step_once_untimed_then_timed_per_round():

@@ -1720,6 +1720,8 @@ torch::Tensor block_slots(torch::Tensor crow, torch::Tensor pairs, int64_t block
     I* sl = slots.data_ptr<I>();
     const int nt = team_for(nnz);
     std::vector<int64_t> next(static_cast<size_t>(nt) * n_blocks, 0);
+    std::vector<int32_t> block_of(n_rows);  // a table instead of two integer divisions per entry
+    for (int64_t r = 0; r < n_rows; ++r) block_of[r] = static_cast<int32_t>(r / block_rows);
     bool bad = false;
 #pragma omp parallel num_threads(nt) reduction(|| : bad)
     {
@@ -1728,7 +1730,7 @@ torch::Tensor block_slots(torch::Tensor crow, torch::Tensor pairs, int64_t block
       for (int64_t k = nnz * t / nt, e = nnz * (t + 1) / nt; k < e; ++k) {
         const int64_t r = pr[k].row, s = pr[k].slot;
         if (r < 0 || r >= n_rows || s < cp[r] || s >= cp[r + 1]) { bad = true; continue; }
-        ++h[r / block_rows];
+        ++h[block_of[r]];
       }
     }
     TORCH_CHECK_VALUE(!bad, "pairs must hold (slot, row) of the CSR's own entries (transpose_csr's output)");
@@ -1746,7 +1748,7 @@ torch::Tensor block_slots(torch::Tensor crow, torch::Tensor pairs, int64_t block
       const int t = omp_get_thread_num();
       int64_t* pos = next.data() + static_cast<size_t>(t) * n_blocks;
       for (int64_t k = nnz * t / nt, e = nnz * (t + 1) / nt; k < e; ++k) {
-        const I s = static_cast<I>(pos[pr[k].row / block_rows]++);
+        const I s = static_cast<I>(pos[block_of[pr[k].row]]++);
         sl[pr[k].slot] = s;
         pr[k].slot = s;
       }

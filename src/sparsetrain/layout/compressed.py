@@ -22,7 +22,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..kernels import block_slots, cpp_ext, csr_rows, linear_index, merge_entries, rows_to_crow, scatter_permuted, transpose_csr
+from ..kernels import (block_slots, cpp_ext, csr_rows, gather_or_zero, linear_index, merge_entries, rows_to_crow,
+                       scatter_permuted, transpose_csr)
 from .base import GatherRemap, Layout, validate_drop_slots, validate_new_coordinates
 
 _INT32_LIMIT = 2**31 - 1
@@ -189,9 +190,8 @@ class CompressedLayout(Layout):
         self._transposed = self._slots = None  # rebuilt when next asked for
         if old_slots is not None:  # back into storage order; the remap then reads old storage positions
             carried = [self.to_storage(t) for t in carried]
-            kept = source >= 0
-            source = self.to_storage(torch.where(kept, old_slots.index_select(0, source.clamp(min=0)).to(source.dtype),
-                                                 source))
+            # new storage position q reads old storage position old_slots[source[slot of q]], -1 stays -1
+            source = self.to_storage(gather_or_zero(old_slots + 1, source) - 1)
         remap = GatherRemap(source, carried=tuple(carried[1:]))
         with torch.no_grad():
             _swap_data(self.values, carried[0])
