@@ -1,7 +1,7 @@
 """Row-block value storage (CompressedLayout value_block > 0): the parameter's order changes, nothing else.
 
-Its invariants: ``block_slots`` is a permutation that keeps every block of rows in its own CSR range, ordered
-inside by (column, row), and agrees between our C++ and the torch formulation; a blocked layer computes
+Its invariants: ``transpose_blocked``'s slots are a permutation that keeps every block of rows in its own CSR range, ordered
+inside by (column, row), and agrees between its two C++ constructions and the torch formulation; a blocked layer computes
 bitwise the same outputs and gradients as a CSR-ordered one (every backward path, both backends, float32 and
 bfloat16, linear and conv); training with a dynamic method (pruning ties included) follows bitwise the same
 trajectory; checkpoints hold slot order and resume into the same storage; bad settings are refused.
@@ -34,18 +34,18 @@ def _csr(n_rows=37, n_cols=23, nnz=300, seed=0, dtype=torch.int32):
 
 @pytest.mark.parametrize("block_rows", [1, 3, 8, 64])
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
-def test_block_slots_is_a_blockwise_column_major_permutation(monkeypatch, block_rows, index_dtype):
+def test_transpose_blocked_is_a_blockwise_column_major_permutation(monkeypatch, block_rows, index_dtype):
     crow, col, row = _csr(dtype=index_dtype)
     results = {}
-    for name in BACKENDS:
+    for name, method in [("cpp", "columns"), ("cpp", "walk"), ("cpp", "auto"), ("torch", "auto")]:
         monkeypatch.setenv(backend.ENV_VAR, name)
-        perm, ccol, row_t = kernels.transpose_csr(crow, col, 23)
-        csr_perm = perm.clone()
-        slots = kernels.block_slots(crow, perm, row_t, block_rows)
-        results[name] = (slots, perm)
+        csr_perm, ccol_plain, _ = kernels.transpose_csr(crow, col, 23)
+        perm, ccol, row_t, slots = kernels.transpose_blocked(crow, col, 23, block_rows, method)
+        results[name, method] = (perm, ccol, row_t, slots)
         nnz = col.numel()
+        assert torch.equal(ccol, ccol_plain) and slots.dtype == index_dtype
         assert torch.equal(torch.sort(slots.long()).values, torch.arange(nnz))  # a permutation
-        assert torch.equal(perm, slots[csr_perm.long()])                        # perm_t now in storage positions
+        assert torch.equal(perm, slots[csr_perm.long()])                        # perm_t in storage positions
         # every block keeps its CSR range; inside it the storage order is (column, row)
         block = row.long() // block_rows
         starts = crow.long()[torch.clamp(block * block_rows, max=crow.numel() - 1)]
@@ -54,7 +54,9 @@ def test_block_slots_is_a_blockwise_column_major_permutation(monkeypatch, block_
         order = torch.argsort(slots.long())
         key = block[order] * (23 * 64) + col.long()[order] * 64 + row.long()[order] % 64
         assert bool((key[1:] > key[:-1]).all())
-    assert torch.equal(*[r[0] for r in results.values()]) and torch.equal(*[r[1] for r in results.values()])
+    first = next(iter(results.values()))
+    for other in results.values():
+        assert all(torch.equal(a, b) for a, b in zip(first, other))
 
 
 @pytest.mark.parametrize("name", BACKENDS)
@@ -207,10 +209,13 @@ def test_bad_settings_are_refused(monkeypatch):
     with pytest.raises(ValueError, match=r"value_block must be an int >= 0 .* got -1"):
         CompressedLayout((4, 4), lin, value_block=-1)
     monkeypatch.setenv("SPARSETRAIN_CPU_VALUE_BLOCK", "0")
-    with pytest.raises(ValueError, match="block_rows must be >= 1"):
-        crow, col, _ = _csr()
-        perm, _, row_t = kernels.transpose_csr(crow, col, 23)
-        kernels.block_slots(crow, perm, row_t, 0)
+    crow, col, _ = _csr()
+    with pytest.raises(ValueError, match="block_rows must be an int >= 1, got 0"):
+        kernels.transpose_blocked(crow, col, 23, 0)
+    with pytest.raises(ValueError, match="method must be 'auto', 'columns' or 'walk', got 'fast'"):
+        kernels.transpose_blocked(crow, col, 23, 4, "fast")
+    with pytest.raises(ValueError, match=r"col has entries outside \[0, n_cols=5\)"):
+        kernels.transpose_blocked(crow, col, 5, 4, "columns")
 
 
 def test_auto_blocks_from_half_of_l3(monkeypatch):

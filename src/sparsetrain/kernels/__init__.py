@@ -19,7 +19,6 @@ from .backend import (
 from . import cpp_ext, torch_ops
 from .linear import Transposed, sparse_linear
 from .topology import (
-    block_slots,
     coordinates_to_linear,
     csr_rows,
     csr_linear,
@@ -31,8 +30,10 @@ from .topology import (
     rows_to_crow,
     sample_and_score,
     scatter_permuted,
+    storage_source,
     select_k,
     sorted_uniform_draws,
+    transpose_blocked,
     transpose_csr,
     unique_difference,
 )
@@ -42,7 +43,7 @@ __all__ = ["spmm", "to_storage", "spmm_transposed", "sddmm", "linear_grads", "sd
            # topology operations (topology.py)
            "linear_index", "linear_to_csr", "sorted_uniform_draws", "unique_difference", "select_k", "merge_entries",
            "transpose_csr", "gather_or_zero", "coordinates_to_linear", "order_check", "sample_and_score", "csr_linear", "csr_rows",
-           "block_slots", "scatter_permuted"]
+           "transpose_blocked", "scatter_permuted", "storage_source"]
 
 _INDEX_DTYPES = (torch.int32, torch.int64)
 
@@ -61,7 +62,7 @@ def spmm(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, dense_fm: 
          n_cols: int, slots: torch.Tensor | None = None) -> torch.Tensor:
     """Feature-major SpMM: (n_rows, R) = CSR(n_rows x n_cols) @ (n_cols, R).
 
-    ``slots``: entry p's value is ``values[slots[p]]`` (row-block value storage, :func:`block_slots`); our
+    ``slots``: entry p's value is ``values[slots[p]]`` (row-block value storage, :func:`transpose_blocked`); our
     CPU kernel reads it in place, other backends gather the values into CSR order first.
     """
     _check_index("crow", crow)

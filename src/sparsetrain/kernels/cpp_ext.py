@@ -49,7 +49,7 @@ MIN_SEGMENT = 64  # entries per row and block below which the per-segment overhe
 # 65536, mixed at 131072 and 262144 (docs/kernels.md). bfloat16 walks are never swept (walk_plan).
 SWEEP = os.environ.get("SPARSETRAIN_CPU_SWEEP", "auto")
 SWEEP_SLICES = ((4, 16), (2, 16))  # (L3 fraction 1/k of a pass's slice, entries per row and pass it needs)
-# Row-block storage of a compressed layer's values (CompressedLayout, block_slots in cpu_kernels.cpp): once the
+# Row-block storage of a compressed layer's values (CompressedLayout, transpose_csr in cpu_kernels.cpp): once the
 # values take half of L3 or more, each block of rows holding about VALUE_BLOCK_BYTES of values (1024 rows at
 # fan-in 64 in float32) keeps them in the order the transposed walk reaches them, so the fused backward streams them instead of fetching a random line per
 # entry (n = 262144, fan-in 64: backward 17.4 -> 11.8 ns per weight in bfloat16, 37.0 -> 30.4 in float32),
@@ -334,12 +334,23 @@ def merge_entries(crow: torch.Tensor, col: torch.Tensor, drop: torch.Tensor, new
 
 def transpose_csr(crow: torch.Tensor, col: torch.Tensor, n_cols: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(perm, ccol, row_t); perm and row_t are the two columns of one (nnz, 2) tensor (see spmm_permuted)."""
-    pairs, ccol = load().transpose_csr(crow.contiguous(), col.contiguous(), int(n_cols))
+    pairs, ccol, _ = load().transpose_csr(crow.contiguous(), col.contiguous(), int(n_cols), 0, 0)
     return pairs[:, 0], ccol, pairs[:, 1]
 
 
-def block_slots(crow: torch.Tensor, pairs: torch.Tensor, block_rows: int) -> torch.Tensor:
-    return load().block_slots(crow.contiguous(), pairs, int(block_rows))
+BLOCK_SLOT_METHODS = {"auto": 0, "columns": 1, "walk": 2}
+
+
+def transpose_blocked(crow: torch.Tensor, col: torch.Tensor, n_cols: int, block_rows: int,
+                      method: str = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`transpose_csr` for row-block value storage: (perm, ccol, row_t, slots), perm in storage positions."""
+    pairs, ccol, slots = load().transpose_csr(crow.contiguous(), col.contiguous(), int(n_cols), int(block_rows),
+                                              BLOCK_SLOT_METHODS[method])
+    return pairs[:, 0], ccol, pairs[:, 1], slots
+
+
+def storage_source(source: torch.Tensor, old_slots: torch.Tensor, new_slots: torch.Tensor) -> torch.Tensor:
+    return load().storage_source(source.contiguous(), old_slots.contiguous(), new_slots.contiguous())
 
 
 def scatter_permuted(src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -228,6 +228,14 @@ void check_row_pointers(const I* crow, int64_t n_rows, int64_t nnz) {
   TORCH_CHECK_VALUE(ok, "crow must be non-decreasing from 0 to len(col) = ", nnz);
 }
 
+template <typename I>
+void check_columns(const I* col, int64_t nnz, int64_t n_cols) {
+  bool bad = false;
+#pragma omp parallel for num_threads(team_size(nnz)) schedule(static) reduction(|| : bad)
+  for (int64_t p = 0; p < nnz; ++p) bad = bad || col[p] < 0 || col[p] >= n_cols;
+  TORCH_CHECK_VALUE(!bad, "col has entries outside [0, n_cols=", n_cols, ")");
+}
+
 // Column blocking. A row's entries are sorted by column, so the entries of rows [row_begin, row_end) that
 // fall in a block of `block` columns are one contiguous segment per row. Walking a tile of kTileRows rows
 // block by block keeps the block's slice of the gathered operand (and the tile's rows of the other one) in
@@ -848,8 +856,8 @@ torch::Tensor sddmm(torch::Tensor crow_or_rows, torch::Tensor col, torch::Tensor
 
 // Stable counting sort of col: perm lists entry ids in column-major order, ccol are the column pointers.
 // Per-thread histograms over contiguous entry ranges keep it stable and parallel: O(nnz + T * n_cols).
-// Given `pairs` (and the row pointers `crow`) instead of `pm`, it writes (slot, row) pairs: the transposed
-// CSR with its rows, one store stream per column instead of two (the scatter misses L2 on nearly every
+// Given `pairs` (and the row pointers `crow`) instead of `pm`, it writes (slot, row) pairs (slot_of[j] instead
+// of the slot j where given: row-block value storage): the transposed CSR with its rows, one store stream per column instead of two (the scatter misses L2 on nearly every
 // store): 19 -> 13 ms at n = 16384, 98 %, and the input-gradient SpMM reads the pairs as one stream.
 template <typename I>
 struct SlotRow {
@@ -858,7 +866,7 @@ struct SlotRow {
 
 template <typename I>
 void counting_transpose(const I* c, int64_t nnz, int64_t n_cols, I* pm, I* cp, const I* crow = nullptr,
-                        int64_t n_rows = 0, SlotRow<I>* pairs = nullptr) {
+                        int64_t n_rows = 0, SlotRow<I>* pairs = nullptr, const I* slot_of = nullptr) {
   const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(team_size(nnz * 16), nnz / 4096 + 1)));
   std::vector<int64_t> counts(static_cast<size_t>(nt) * (n_cols + 1), 0);
   bool bad = false;
@@ -894,7 +902,7 @@ void counting_transpose(const I* c, int64_t nnz, int64_t n_cols, I* pm, I* cp, c
       int64_t r = b < e ? row_of_slot(crow, n_rows, b) : 0;
       for (int64_t j = b; j < e; ++j) {
         while (static_cast<int64_t>(crow[r + 1]) <= j) ++r;  // the row of entry j, from the row pointers
-        pairs[pos[c[j]]++] = SlotRow<I>{static_cast<I>(j), static_cast<I>(r)};
+        pairs[pos[c[j]]++] = SlotRow<I>{slot_of != nullptr ? slot_of[j] : static_cast<I>(j), static_cast<I>(r)};
       }
     } else {
       for (int64_t j = b; j < e; ++j) pm[pos[c[j]]++] = static_cast<I>(j);
@@ -1675,86 +1683,109 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, int64_t, std::vector<tor
   return {out_crow, out_col, source, collisions, carried};
 }
 
-// Transposed CSR of a CSR in one counting sort: (pairs, ccol), pairs the (nnz, 2) (slot, row) of each entry
-// in column-major order.
-std::tuple<torch::Tensor, torch::Tensor> transpose_csr(torch::Tensor crow, torch::Tensor col, int64_t n_cols) {
+// Row-block storage of the values (CompressedLayout, value_block): the values of each block of `block_rows`
+// rows keep the block's CSR range but are ordered by (column, row) inside it, which is the order in which
+// the transposed walk reaches them, so that walk reads each block's values (and writes their gradients)
+// as one forward stream: a few live lines per block instead of a random line per entry. `slots` receives
+// the storage position of every CSR entry (what the row walk reads values through). Two ways to build it:
+//
+// By columns: a counting sort of each block's entries by column, blocks in parallel, with a per-thread
+// histogram of n_cols; every write stays inside the block's range. O(n_blocks * n_cols + nnz): used while
+// n_cols is at most 4x a block's entries.
+template <typename I>
+void block_slots_by_columns(const I* cp, const I* col, int64_t n_rows, int64_t n_cols, int64_t block_rows, I* sl) {
+  const int64_t n_blocks = (n_rows + block_rows - 1) / block_rows;
+#pragma omp parallel num_threads(team_for(static_cast<int64_t>(cp[n_rows])))
+  {
+    std::vector<int64_t> below(n_cols + 1);  // below[c]: entries of the block with a column < c (then: next slot)
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t b = 0; b < n_blocks; ++b) {
+      const int64_t p0 = cp[b * block_rows], p1 = cp[std::min(n_rows, (b + 1) * block_rows)];
+      std::fill(below.begin(), below.end(), 0);
+      for (int64_t p = p0; p < p1; ++p) ++below[static_cast<int64_t>(col[p]) + 1];
+      for (int64_t c = 0; c < n_cols; ++c) below[c + 1] += below[c];
+      for (int64_t p = p0; p < p1; ++p) sl[p] = static_cast<I>(p0 + below[col[p]]++);  // rows ascend within a column
+    }
+  }
+}
+
+// By the walk: a stable bucket pass over the transposed CSR's (slot, row) pairs (column-major, rows ascending
+// within a column) by block, per-thread counts per block, rewriting each pair's slot as its storage position.
+// Inverting that directly (slots[csr slot] = s in the walk's order) writes a random line per entry; instead
+// the CSR slot of every storage position is written first (each block's positions front to back: one live
+// line per block), then slots in storage order, whose writes stay inside the current block's range.
+template <typename I>
+void block_slots_by_walk(const I* cp, SlotRow<I>* pr, int64_t n_rows, int64_t nnz, int64_t block_rows, I* sl,
+                         I* csr_of) {
+  const int64_t n_blocks = (n_rows + block_rows - 1) / block_rows;
+  const int nt = team_for(nnz);
+  std::vector<int64_t> next(static_cast<size_t>(nt) * n_blocks, 0);
+  std::vector<int32_t> block_of(n_rows);  // a table instead of two integer divisions per entry
+  for (int64_t r = 0; r < n_rows; ++r) block_of[r] = static_cast<int32_t>(r / block_rows);
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num();
+    int64_t* h = next.data() + static_cast<size_t>(t) * n_blocks;
+    for (int64_t k = nnz * t / nt, e = nnz * (t + 1) / nt; k < e; ++k) ++h[block_of[pr[k].row]];
+  }
+  for (int64_t b = 0; b < n_blocks; ++b) {  // thread t's first position in block b
+    int64_t off = cp[b * block_rows];
+    for (int t = 0; t < nt; ++t) {
+      int64_t& h = next[static_cast<size_t>(t) * n_blocks + b];
+      const int64_t n = h;
+      h = off;
+      off += n;
+    }
+  }
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num();
+    int64_t* pos = next.data() + static_cast<size_t>(t) * n_blocks;
+    for (int64_t k = nnz * t / nt, e = nnz * (t + 1) / nt; k < e; ++k) {
+      const I s = static_cast<I>(pos[block_of[pr[k].row]]++);
+      csr_of[s] = pr[k].slot;
+      pr[k].slot = s;
+    }
+  }
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t s = 0; s < nnz; ++s) sl[csr_of[s]] = static_cast<I>(s);
+}
+
+// Transposed CSR of a CSR in one counting sort: (pairs, ccol, slots), pairs the (nnz, 2) (slot, row) of each
+// entry in column-major order. block_rows > 0: row-block value storage, the pairs' slots are storage
+// positions and `slots` the storage position of each CSR entry (empty otherwise); method 0 picks the way to
+// build it (above), 1 forces "by columns", 2 "by the walk" (both give the same result; tests compare them).
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> transpose_csr(torch::Tensor crow, torch::Tensor col,
+                                                                      int64_t n_cols, int64_t block_rows,
+                                                                      int64_t method) {
   check_common(crow, col, "crow");
   TORCH_CHECK_VALUE(n_cols >= 0, "n_cols must be >= 0, got ", n_cols);
   TORCH_CHECK_VALUE(crow.numel() >= 1, "crow must have at least one element");
+  TORCH_CHECK_VALUE(block_rows >= 0, "block_rows must be >= 0, got ", block_rows);
+  TORCH_CHECK_VALUE(method >= 0 && method <= 2, "method must be 0 (auto), 1 (by columns) or 2 (by the walk), got ", method);
   const int64_t nnz = col.numel(), n_rows = crow.numel() - 1;
   auto pairs = torch::empty({nnz, 2}, col.options());
   auto ccol = torch::empty({n_cols + 1}, col.options());
+  auto slots = torch::empty({block_rows > 0 ? nnz : 0}, col.options());
   dispatch_index(col, [&](auto tag) {
     using I = decltype(tag);
     const I* cp = crow.data_ptr<I>();
     check_row_pointers(cp, n_rows, nnz);
-    counting_transpose<I>(col.data_ptr<I>(), nnz, n_cols, nullptr, ccol.data_ptr<I>(), cp, n_rows,
-                          reinterpret_cast<SlotRow<I>*>(pairs.data_ptr<I>()));
-  });
-  return {pairs, ccol};
-}
-
-// Row-block storage of the values (CompressedLayout, value_block): the values of each block of `block_rows`
-// rows keep the block's CSR range but are ordered by (column, row) inside it, which is the order in which
-// the transposed walk reaches them, so that walk reads each block's values (and writes their gradients)
-// as one forward stream: a few live lines per block instead of a random line per entry. Given the
-// transposed CSR's (slot, row) pairs (column-major, rows ascending within a column), rewrites each pair's
-// slot as its storage position and returns `slots`, the storage position of every CSR entry (what the row
-// walk reads values through). Stable bucket pass over the pairs: per-thread counts per block, O(nnz).
-torch::Tensor block_slots(torch::Tensor crow, torch::Tensor pairs, int64_t block_rows) {
-  TORCH_CHECK_VALUE(block_rows >= 1, "block_rows must be >= 1, got ", block_rows);
-  TORCH_CHECK(crow.device().is_cpu() && crow.dim() == 1 && crow.is_contiguous() && crow.numel() >= 1,
-              "crow must be a contiguous 1-D CPU tensor with at least one element");
-  TORCH_CHECK(pairs.device().is_cpu() && pairs.dim() == 2 && pairs.size(1) == 2 && pairs.is_contiguous() &&
-                  pairs.scalar_type() == crow.scalar_type() &&
-                  (crow.scalar_type() == torch::kInt32 || crow.scalar_type() == torch::kInt64),
-              "pairs must be a contiguous (nnz, 2) CPU tensor of crow's dtype (int32 or int64)");
-  const int64_t n_rows = crow.numel() - 1, nnz = pairs.size(0);
-  const int64_t n_blocks = (n_rows + block_rows - 1) / block_rows;
-  auto slots = torch::empty({nnz}, crow.options());
-  dispatch_index(crow, [&](auto tag) {
-    using I = decltype(tag);
-    const I* cp = crow.data_ptr<I>();
-    check_row_pointers(cp, n_rows, nnz);
     auto* pr = reinterpret_cast<SlotRow<I>*>(pairs.data_ptr<I>());
-    I* sl = slots.data_ptr<I>();
-    const int nt = team_for(nnz);
-    std::vector<int64_t> next(static_cast<size_t>(nt) * n_blocks, 0);
-    std::vector<int32_t> block_of(n_rows);  // a table instead of two integer divisions per entry
-    for (int64_t r = 0; r < n_rows; ++r) block_of[r] = static_cast<int32_t>(r / block_rows);
-    bool bad = false;
-#pragma omp parallel num_threads(nt) reduction(|| : bad)
-    {
-      const int t = omp_get_thread_num();
-      int64_t* h = next.data() + static_cast<size_t>(t) * n_blocks;
-      for (int64_t k = nnz * t / nt, e = nnz * (t + 1) / nt; k < e; ++k) {
-        const int64_t r = pr[k].row, s = pr[k].slot;
-        if (r < 0 || r >= n_rows || s < cp[r] || s >= cp[r + 1]) { bad = true; continue; }
-        ++h[block_of[r]];
-      }
+    const int64_t n_blocks = block_rows > 0 ? (n_rows + block_rows - 1) / block_rows : 0;
+    const bool by_columns = block_rows > 0 && (method == 1 || (method == 0 && n_cols <= 4 * (nnz / std::max<int64_t>(n_blocks, 1))));
+    if (by_columns) {
+      check_columns(col.data_ptr<I>(), nnz, n_cols);
+      block_slots_by_columns<I>(cp, col.data_ptr<I>(), n_rows, n_cols, block_rows, slots.data_ptr<I>());
     }
-    TORCH_CHECK_VALUE(!bad, "pairs must hold (slot, row) of the CSR's own entries (transpose_csr's output)");
-    for (int64_t b = 0; b < n_blocks; ++b) {  // thread t's first position in block b
-      int64_t off = cp[b * block_rows];
-      for (int t = 0; t < nt; ++t) {
-        int64_t& h = next[static_cast<size_t>(t) * n_blocks + b];
-        const int64_t n = h;
-        h = off;
-        off += n;
-      }
-    }
-#pragma omp parallel num_threads(nt)
-    {
-      const int t = omp_get_thread_num();
-      int64_t* pos = next.data() + static_cast<size_t>(t) * n_blocks;
-      for (int64_t k = nnz * t / nt, e = nnz * (t + 1) / nt; k < e; ++k) {
-        const I s = static_cast<I>(pos[block_of[pr[k].row]]++);
-        sl[pr[k].slot] = s;
-        pr[k].slot = s;
-      }
+    counting_transpose<I>(col.data_ptr<I>(), nnz, n_cols, nullptr, ccol.data_ptr<I>(), cp, n_rows, pr,
+                          by_columns ? slots.data_ptr<I>() : nullptr);
+    if (block_rows > 0 && !by_columns) {
+      auto csr_of = torch::empty({nnz}, col.options());  // the allocator's memory: no zeroing, no page faults
+      block_slots_by_walk<I>(cp, pr, n_rows, nnz, block_rows, slots.data_ptr<I>(), csr_of.data_ptr<I>());
     }
   });
-  return slots;
+  return {pairs, ccol, slots};
 }
 
 // out[i] = src[index[i]], or 0 where index[i] < 0 (a remap of parameter-shaped state across a slot change).
@@ -1787,7 +1818,7 @@ torch::Tensor gather_or_zero(torch::Tensor src, torch::Tensor index) {
   return out;
 }
 
-// out[index[i]] = src[i] for a permutation `index` (CSR-ordered values into row-block storage, block_slots).
+// out[index[i]] = src[i] for a permutation `index` (CSR-ordered values into row-block storage, transpose_csr).
 template <typename T, typename I>
 bool scatter_permuted_impl(const T* sp, const I* ix, T* o, int64_t n) {
   bool bad = false;
@@ -1815,6 +1846,39 @@ torch::Tensor scatter_permuted(torch::Tensor src, torch::Tensor index) {
     });
   });
   TORCH_CHECK_VALUE(!bad, "scatter_permuted: index has entries outside [0, ", n, ")");
+  return out;
+}
+
+// The remap of a merge under row-block storage, in one pass: out[new_slots[p]] = old_slots[source[p]], or -1
+// where source[p] < 0 (a grown entry); source: merge_entries' old CSR slot of each new CSR entry.
+template <typename I>
+bool storage_source_impl(const I* source, const I* old_slots, int64_t n_old, const I* new_slots, I* out, int64_t n) {
+  bool bad = false;
+#pragma omp parallel for num_threads(team_for(n)) schedule(static) reduction(|| : bad)
+  for (int64_t p = 0; p < n; ++p) {
+    const int64_t q = new_slots[p], src = source[p];
+    if (q < 0 || q >= n || src >= n_old) { bad = true; continue; }
+    out[q] = src < 0 ? I(-1) : old_slots[src];
+  }
+  return bad;
+}
+
+torch::Tensor storage_source(torch::Tensor source, torch::Tensor old_slots, torch::Tensor new_slots) {
+  check_index_vector(source, "source");
+  check_index_vector(old_slots, "old_slots");
+  check_index_vector(new_slots, "new_slots");
+  TORCH_CHECK_VALUE(source.scalar_type() == old_slots.scalar_type() && source.scalar_type() == new_slots.scalar_type(),
+                    "source, old_slots and new_slots must have one dtype");
+  TORCH_CHECK_VALUE(source.numel() == new_slots.numel(), "source and new_slots must have one length");
+  const int64_t n = source.numel();
+  auto out = torch::empty({n}, source.options());
+  bool bad = false;
+  dispatch_index(source, [&](auto tag) {
+    using I = decltype(tag);
+    bad = storage_source_impl<I>(source.data_ptr<I>(), old_slots.data_ptr<I>(), old_slots.numel(),
+                                 new_slots.data_ptr<I>(), out.data_ptr<I>(), n);
+  });
+  TORCH_CHECK_VALUE(!bad, "storage_source: new_slots must lie in [0, ", n, ") and source below ", old_slots.numel());
   return out;
 }
 
@@ -2195,8 +2259,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("unique_difference", &unique_difference, "sorted unique values of a that are not in sorted b");
   m.def("select_k", &select_k, "ascending positions of the k largest/smallest scores, ties to the lower position");
   m.def("merge_entries", &merge_entries, "kept CSR entries merged with sorted new ones, payloads carried: (crow, col, source, collisions, carried)");
-  m.def("transpose_csr", &transpose_csr, "transposed CSR by counting sort: ((slot, row) pairs, ccol)");
-  m.def("block_slots", &block_slots, "row-block value storage: storage slots into transposed pairs (in place) and of CSR entries");
+  m.def("transpose_csr", &transpose_csr, "transposed CSR by counting sort: ((slot, row) pairs, ccol, row-block storage slots)");
+  m.def("storage_source", &storage_source, "remap of a merge under row-block storage: old storage position of each new one");
   m.def("scatter_permuted", &scatter_permuted, "out[index[i]] = src[i] for a permutation index");
   m.def("gather_or_zero", &gather_or_zero, "src[index], 0 where index < 0");
   m.def("coordinates_to_linear", &coordinates_to_linear, "(lin, all in range, strictly increasing)");

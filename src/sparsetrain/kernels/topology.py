@@ -261,33 +261,33 @@ def transpose_csr(crow: torch.Tensor, col: torch.Tensor, n_cols: int) -> tuple[t
     return perm, ccol, csr_rows(crow).index_select(0, perm)
 
 
-def block_slots(crow: torch.Tensor, perm: torch.Tensor, row_t: torch.Tensor, block_rows: int) -> torch.Tensor:
-    """Row-block storage of a CSR's values: the values of each block of ``block_rows`` rows keep the block's
-    CSR range, ordered inside it as the transposed walk reaches them (columns ascending, rows ascending within
-    a column). Rewrites ``perm`` (from :func:`transpose_csr`) in place into storage positions and returns
-    ``slots``, the storage position of every CSR entry. O(nnz)."""
+def transpose_blocked(crow: torch.Tensor, col: torch.Tensor, n_cols: int, block_rows: int,
+                      method: str = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`transpose_csr` for row-block value storage: ``(perm, ccol, row_t, slots)``.
+
+    The values of each block of ``block_rows`` rows keep the block's CSR range, ordered inside it as the
+    transposed walk reaches them (columns ascending, rows ascending within a column). ``slots`` is the
+    storage position of every CSR entry and ``perm`` holds storage positions. ``method`` (our C++):
+    ``"columns"`` (a counting sort per block), ``"walk"`` (a bucket pass over the transposed CSR) or
+    ``"auto"``; all give the same result. O(nnz) (plus O(n_cols) per block by columns).
+    """
     _check_index("crow", crow)
-    if perm.shape != row_t.shape or perm.dtype != crow.dtype or row_t.dtype != crow.dtype:
-        raise ValueError("perm and row_t must be transpose_csr's output for this crow (one shape, crow's dtype)")
-    if block_rows < 1:
-        raise ValueError(f"block_rows must be >= 1, got {block_rows}")
-    cpp = _cpp(crow.device)
+    _check_index("col", col)
+    if isinstance(block_rows, bool) or not isinstance(block_rows, int) or block_rows < 1:
+        raise ValueError(f"block_rows must be an int >= 1, got {block_rows!r}")
+    if method not in ("auto", "columns", "walk"):
+        raise ValueError(f"method must be 'auto', 'columns' or 'walk', got {method!r}")
+    cpp = _cpp(col.device)
     if cpp is not None:
-        pairs = cpp._pairs_of(perm, row_t)
-        if pairs is not None:
-            return cpp.block_slots(crow, pairs, block_rows)
-        pairs = torch.stack((perm, row_t), dim=1)
-        slots = cpp.block_slots(crow, pairs, block_rows)
-        perm.copy_(pairs[:, 0])
-        return slots
+        return cpp.transpose_blocked(crow, col, n_cols, block_rows, method)
+    perm, ccol, row_t = transpose_csr(crow, col, n_cols)
     # a stable sort by block keeps the walk's order inside each block, and blocks fill the storage in order
     by_block = torch.sort(torch.div(row_t, block_rows, rounding_mode="floor"), stable=True).indices
     storage = torch.empty_like(perm)
     storage[by_block] = torch.arange(perm.numel(), device=perm.device, dtype=perm.dtype)
     slots = torch.empty_like(perm)
     slots[perm.long()] = storage
-    perm.copy_(storage)
-    return slots
+    return storage, ccol, row_t, slots
 
 
 def scatter_permuted(src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -299,6 +299,21 @@ def scatter_permuted(src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     if cpp is not None:
         return cpp.scatter_permuted(src, index)
     return torch.empty_like(src).index_copy_(0, index.long(), src)
+
+
+def storage_source(source: torch.Tensor, old_slots: torch.Tensor, new_slots: torch.Tensor) -> torch.Tensor:
+    """The remap of a merge under row-block storage: ``out[new_slots[p]] = old_slots[source[p]]``, -1 where
+    ``source[p] < 0`` (a grown entry). ``source``: :func:`merge_entries`' old slot of each new slot."""
+    for name, t in (("source", source), ("old_slots", old_slots), ("new_slots", new_slots)):
+        _check_index(name, t)
+    if source.shape != new_slots.shape or not source.dtype == old_slots.dtype == new_slots.dtype:
+        raise ValueError("source and new_slots must have one length, and all three one dtype")
+    cpp = _cpp(source.device)
+    if cpp is not None:
+        return cpp.storage_source(source, old_slots, new_slots)
+    kept = source >= 0
+    from_old = torch.where(kept, old_slots[source.clamp(min=0).long()], source)
+    return scatter_permuted(from_old, new_slots)
 
 
 def gather_or_zero(src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

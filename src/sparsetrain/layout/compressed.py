@@ -22,8 +22,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..kernels import (block_slots, cpp_ext, csr_rows, gather_or_zero, linear_index, merge_entries, rows_to_crow,
-                       scatter_permuted, transpose_csr)
+from ..kernels import (cpp_ext, csr_rows, gather_or_zero, linear_index, merge_entries, rows_to_crow, scatter_permuted,
+                       storage_source, transpose_blocked, transpose_csr)
 from .base import GatherRemap, Layout, validate_drop_slots, validate_new_coordinates
 
 _INT32_LIMIT = 2**31 - 1
@@ -153,7 +153,9 @@ class CompressedLayout(Layout):
         else a gathered copy (differentiable)."""
         t = self.values.detach() if t is None else t
         slots = self.slots()
-        return t if slots is None else t.index_select(0, slots)
+        if slots is None:
+            return t
+        return t.index_select(0, slots) if t.requires_grad else gather_or_zero(t, slots)  # ours: one fast pass
 
     def to_storage(self, slot_ordered: torch.Tensor) -> torch.Tensor:
         """A slot-ordered per-entry tensor in the parameter's order (itself under CSR storage)."""
@@ -169,8 +171,9 @@ class CompressedLayout(Layout):
                 carry: Sequence[torch.Tensor] = ()) -> GatherRemap:
         """One merge of the kept (row, col) entries with the sorted new ones (O(nnz), in the index dtype)
         that also carries the values and ``carry`` (parameter-shaped, in the parameter's order); nothing is
-        changed when the input is rejected. Under row-block storage the merge runs in slot order and its
-        results are put back into the new storage order (two O(nnz) permutations per tensor)."""
+        changed when the input is rejected. Under row-block storage the merge runs on the indices only; the new
+        storage order is built at once, and each tensor is carried in one gather from old to new storage
+        positions."""
         drop = validate_drop_slots(drop_slots.to(self.col.device), self.nnz)
         new_lin = validate_new_coordinates(new_coordinates.to(self.col.device), self.shape)
         crow, col = self.crow, self.col
@@ -182,16 +185,17 @@ class CompressedLayout(Layout):
                 raise ValueError(f"carry tensors must have the shape of the values {tuple(self.values.shape)}, "
                                  f"got {tuple(t.shape)}")
         old_slots = self.slots()
-        payloads = [self.slot_values(t) for t in (self.values.data, *carry)]
+        payloads = [self.values.data, *carry] if old_slots is None else []  # row blocks: carried after the merge
         crow, col, source, collisions, carried = merge_entries(crow, col, drop, new_lin, self.shape[1], payloads)
         if collisions:
             raise ValueError(f"new_coordinates includes positions that stay active ({collisions} of them)")
         self.crow, self.col = crow, col
         self._transposed = self._slots = None  # rebuilt when next asked for
-        if old_slots is not None:  # back into storage order; the remap then reads old storage positions
-            carried = [self.to_storage(t) for t in carried]
-            # new storage position q reads old storage position old_slots[source[slot of q]], -1 stays -1
-            source = self.to_storage(gather_or_zero(old_slots + 1, source) - 1)
+        if old_slots is not None:
+            # new storage position q takes old storage position old_slots[source[CSR slot of q]] (-1: grown);
+            # then one gather per tensor, each inside a block's range on both sides
+            source = storage_source(source, old_slots, self.slots())
+            carried = [gather_or_zero(t, source) for t in (self.values.data, *carry)]
         remap = GatherRemap(source, carried=tuple(carried[1:]))
         with torch.no_grad():
             _swap_data(self.values, carried[0])
@@ -213,9 +217,11 @@ class CompressedLayout(Layout):
         cached = self._transposed
         if cached is None or cached[0].device != self.col.device:
             # one O(nnz) counting sort on CPU gives the column order, the column pointers and the rows in it
-            perm_t, ccol, row_t = transpose_csr(self.crow, self.col, self.shape[1])
-            if self.blocked:  # perm_t becomes storage positions; slots the storage position of each CSR entry
-                self._slots = block_slots(self.crow, perm_t, row_t, self._block_rows)
+            if self.blocked:  # perm_t in storage positions; slots: the storage position of each CSR entry
+                perm_t, ccol, row_t, self._slots = transpose_blocked(self.crow, self.col, self.shape[1],
+                                                                      self._block_rows)
+            else:
+                perm_t, ccol, row_t = transpose_csr(self.crow, self.col, self.shape[1])
             cached = self._transposed = (ccol, row_t, perm_t)
         return cached
 
