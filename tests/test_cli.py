@@ -88,12 +88,17 @@ def test_cuda_without_cuda_is_an_error_not_a_cpu_run(tmp_path, capsys):
     assert "device='cuda' but CUDA is not available" in capsys.readouterr().err
 
 
-def test_info_lists_versions_and_backends(capsys):
+def test_info_lists_versions_and_backends(capsys, monkeypatch):
+    monkeypatch.setenv("SPARSETRAIN_CPU_VALUE_BLOCK", "auto")
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert torch.__version__ in out and "kernels (cpu)" in out and "gse" in out and "mnist1d" in out
     if "kernels (cpu)   cpp" in out:
         assert "cpp (float32, float64, bfloat16)" in out
+    assert "value storage" in out and "SPARSETRAIN_CPU_VALUE_BLOCK=auto" in out
+    monkeypatch.setenv("SPARSETRAIN_CPU_VALUE_BLOCK", "many")
+    assert main(["info"]) == 0
+    assert "value storage   invalid: SPARSETRAIN_CPU_VALUE_BLOCK='many': allowed are 'auto'" in capsys.readouterr().out
 
 
 def test_python_dash_m_entry_point():

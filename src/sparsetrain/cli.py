@@ -178,6 +178,7 @@ def _info() -> int:
         ours = dtypes.get(first)
         listed = "" if ours is None else " (" + ", ".join(str(d).replace("torch.", "") for d in ours) + ")"
         rows.append((f"kernels ({dev})", first + listed + (" " + rest if rest else "")))
+    rows.append(("value storage", _value_storage_line()))
     for name, load in (("datasets", "data:DATASETS"), ("models", "models:MODELS")):
         module, attr = load.split(":")
         try:
@@ -192,6 +193,21 @@ def _info() -> int:
     width = max(len(k) for k, _ in rows) + 2
     print("\n".join(f"{k:<{width}}{v}" for k, v in rows))
     return 0
+
+
+def _value_storage_line() -> str:
+    """How new CPU compressed layers will store their values (row blocks or CSR order), and why."""
+    from .kernels import cpp_ext
+
+    try:
+        forced = cpp_ext.forced_value_block()
+    except ConfigError as exc:
+        return f"invalid: {exc}"
+    if forced is None:
+        return (f"row blocks of ~{cpp_ext.VALUE_BLOCK_BYTES // 1024} KiB for CPU layers with >= "
+                f"{cpp_ext.L3_BYTES // 2 // 2**20} MiB of values (half of L3), else CSR order "
+                "(SPARSETRAIN_CPU_VALUE_BLOCK=auto)")
+    return f"SPARSETRAIN_CPU_VALUE_BLOCK={forced}: " + ("CSR order" if forced == 0 else f"blocks of {forced} rows")
 
 
 def _cuda_line() -> str:

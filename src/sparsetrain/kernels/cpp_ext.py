@@ -160,12 +160,17 @@ def _forced(name: str, value: str, unit: str) -> int | None:
     return int(value)
 
 
+def forced_value_block() -> int | None:
+    """The rows per value block SPARSETRAIN_CPU_VALUE_BLOCK forces (0: CSR order), None for 'auto'."""
+    return _forced("SPARSETRAIN_CPU_VALUE_BLOCK", os.environ.get("SPARSETRAIN_CPU_VALUE_BLOCK", "auto"),
+                   "rows per block")
+
+
 def value_block_rows(n_rows: int, nnz: int, element_size: int) -> int:
     """Rows per value block for a new CPU layout of ``nnz`` values in ``n_rows`` rows (0: CSR order): once the
     values take half of L3 or more, blocks of about VALUE_BLOCK_BYTES of values; or what
     SPARSETRAIN_CPU_VALUE_BLOCK forces."""
-    forced = _forced("SPARSETRAIN_CPU_VALUE_BLOCK", os.environ.get("SPARSETRAIN_CPU_VALUE_BLOCK", "auto"),
-                     "rows per block")
+    forced = forced_value_block()
     if forced is not None:
         return forced
     if nnz * element_size < L3_BYTES // 2 or n_rows == 0:
