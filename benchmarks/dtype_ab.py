@@ -10,24 +10,15 @@ benchmarks/results/dtype_ab.json.
 from __future__ import annotations
 
 import argparse
-import torch
 
-from sparsetrain import bench, retain_freed_memory
+from sparsetrain import bench
 
 FAN_IN = 64
 DTYPES = tuple(bench.DTYPES)  # float32, bfloat16
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds of 2 steps per dtype")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
-    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/dtype_ab.json)")
-    args = parser.parse_args()
-    if args.rounds < 1:
-        parser.error(f"--rounds must be >= 1, got {args.rounds}")
-    torch.set_num_threads(bench.THREADS)
-    retain_freed_memory()  # as `sparsetrain train` and `sparsetrain bench` do
+    args = bench.ab_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]), "dtype")
     widths = [1024, 4096] if args.quick else [4096, 16384, 65536, 262144]
     steps = {(n, name): bench.layer_step(bench.make_layer(n, nnz=FAN_IN * n, dtype=bench.DTYPES[name]), n,
                                          bench.DTYPES[name]) for n in widths for name in DTYPES}

@@ -11,9 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 
-import torch
-
-from sparsetrain import bench, retain_freed_memory
+from sparsetrain import bench
 
 # (n, fan-in or None, sparsity or None): fan-in 64 beyond L3, and the n = 16384 layer table's densities
 CASES = [(65536, 64, None), (262144, 64, None), (16384, None, 0.9), (16384, None, 0.98)]
@@ -22,15 +20,8 @@ QUICK = [(2048, 64, None)]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds of 2 steps per storage")
     parser.add_argument("--dtype", choices=sorted(bench.DTYPES), default="float32")
-    parser.add_argument("--quick", action="store_true", help="one tiny layer, forced blocks (smoke test)")
-    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/value_block_ab.json)")
-    args = parser.parse_args()
-    if args.rounds < 1:
-        parser.error(f"--rounds must be >= 1, got {args.rounds}")
-    torch.set_num_threads(bench.THREADS)
-    retain_freed_memory()
+    args = bench.ab_arguments(parser, "storage")  # --quick: one tiny layer with forced blocks
     dtype = bench.DTYPES[args.dtype]
     rows = []
     before = os.environ.get("SPARSETRAIN_CPU_VALUE_BLOCK")

@@ -78,6 +78,21 @@ def interleaved(steps: dict, rounds: int, per_round: int = 1) -> dict:
     return {key: _summary(ts) for key, ts in times.items()}
 
 
+def ab_arguments(parser: argparse.ArgumentParser, what: str) -> argparse.Namespace:
+    """The shared command line of an interleaved A/B script (benchmarks/*_ab.py): ``--rounds`` (of 2 steps per
+    ``what``), ``--quick`` and ``--out``, parsed and checked; then the benchmark threads and the allocator
+    setting of ``sparsetrain train``."""
+    parser.add_argument("--rounds", type=int, default=5, help=f"alternating rounds of 2 steps per {what}")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
+    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<script>.json)")
+    args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
+    torch.set_num_threads(THREADS)
+    retain_freed_memory()
+    return args
+
+
 def with_backend(name: str, step: Callable[[], None]) -> Callable[[], None]:
     """``step`` run with SPARSETRAIN_KERNELS set to ``name`` (see :func:`kernel_backend`)."""
     def run() -> None:
