@@ -69,7 +69,7 @@ class Layout(nn.Module, ABC):
     """
 
     shape: tuple[int, int]
-    values: torch.Tensor  # active values in slot order (the parameter itself, or a copy for masked storage)
+    values: torch.Tensor  # active values: the parameter itself (compressed; in storage order, see slot_values) or a copy (masked)
 
     @property
     @abstractmethod

@@ -245,7 +245,8 @@ class CompressedLayout(Layout):
         return (self.crow[1:] - self.crow[:-1]).long()
 
     def index_bytes(self) -> int:
-        """Bytes of the index tensors held now (persistent, row pointers, and the transposed CSR if built)."""
+        """Bytes of the index tensors held now (persistent, row pointers, and the transposed CSR with the
+        row-block slots if built)."""
         held = (self.col, self.crow, *(self._transposed or ()), *(() if self._slots is None else (self._slots,)))
         return sum(b.numel() * b.element_size() for b in held)
 
