@@ -1,10 +1,11 @@
 """Row-block value storage (CompressedLayout value_block > 0): the parameter's order changes, nothing else.
 
-Its invariants: ``transpose_blocked``'s slots are a permutation that keeps every block of rows in its own CSR range, ordered
-inside by (column, row), and agrees between its two C++ constructions and the torch formulation; a blocked layer computes
-bitwise the same outputs and gradients as a CSR-ordered one (every backward path, both backends, float32 and
-bfloat16, linear and conv); training with a dynamic method (pruning ties included) follows bitwise the same
-trajectory; checkpoints hold slot order and resume into the same storage; bad settings are refused.
+Its invariants: ``transpose_blocked``'s slots are a permutation that keeps every block of rows in its own
+CSR range, ordered inside by (column, row), and agree between its two C++ constructions and the torch
+formulation; a blocked layer computes bitwise the same outputs and gradients as a CSR-ordered one (every
+backward path, both backends, float32, bfloat16 and CPU autocast, linear and conv); training with a dynamic
+method (pruning ties included) follows bitwise the same trajectory; checkpoints hold slot order and resume
+into the same storage; bad settings are refused.
 """
 from __future__ import annotations
 
@@ -226,3 +227,19 @@ def test_auto_blocks_from_half_of_l3(monkeypatch):
     assert cpp_ext.value_block_rows(rows, nnz - 1, 4) == 0
     assert cpp_ext.value_block_rows(10, nnz, 4) == 1  # rows longer than a block: one row per block
     assert CompressedLayout((4, 4), random_linear_indices((4, 4), 5)).value_block.item() == 0
+
+
+def test_blocked_layer_under_cpu_bfloat16_autocast(monkeypatch):
+    """Mixed precision: the float32 parameter in row blocks, a bfloat16 copy of it in the kernels."""
+    plain, blocked = _pair(lambda g: SparseLinear(64, 48, sparsity=0.75, generator=g), 8, monkeypatch)
+    x = torch.randn(32, 64, generator=torch.Generator().manual_seed(6))
+    outs = []
+    for layer in (plain, blocked):
+        xg = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = layer(xg)
+        y.float().square().sum().backward()
+        assert y.dtype == torch.bfloat16 and layer.layout.values.grad.dtype == torch.float32
+        outs.append((y, xg.grad, layer.layout.slot_values(layer.layout.values.grad)))
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
