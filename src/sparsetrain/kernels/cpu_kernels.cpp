@@ -1775,7 +1775,7 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> transpose_csr(torch::Ten
     const int64_t n_blocks = block_rows > 0 ? (n_rows + block_rows - 1) / block_rows : 0;
     const bool by_columns = block_rows > 0 && (method == 1 || (method == 0 && n_cols <= 4 * (nnz / std::max<int64_t>(n_blocks, 1))));
     if (by_columns) {
-      check_columns(col.data_ptr<I>(), nnz, n_cols);
+      check_columns(col.data_ptr<I>(), nnz, n_cols);  // before the histograms index by column (the transpose checks later)
       block_slots_by_columns<I>(cp, col.data_ptr<I>(), n_rows, n_cols, block_rows, slots.data_ptr<I>());
     }
     counting_transpose<I>(col.data_ptr<I>(), nnz, n_cols, nullptr, ccol.data_ptr<I>(), cp, n_rows, pr,

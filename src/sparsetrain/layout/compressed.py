@@ -22,8 +22,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..kernels import (cpp_ext, csr_rows, gather_or_zero, linear_index, merge_entries, rows_to_crow, scatter_permuted,
-                       storage_source, transpose_blocked, transpose_csr)
+from ..kernels import (cpp_ext, csr_rows, gather_or_zero, linear_index, merge_entries, rows_to_crow, storage_source,
+                       to_storage, transpose_blocked, transpose_csr)
 from .base import GatherRemap, Layout, validate_drop_slots, validate_new_coordinates
 
 _INT32_LIMIT = 2**31 - 1
@@ -159,8 +159,7 @@ class CompressedLayout(Layout):
 
     def to_storage(self, slot_ordered: torch.Tensor) -> torch.Tensor:
         """A slot-ordered per-entry tensor in the parameter's order (itself under CSR storage)."""
-        slots = self.slots()
-        return slot_ordered if slots is None else scatter_permuted(slot_ordered, slots)
+        return to_storage(slot_ordered, self.slots())
 
     @torch.no_grad()
     def set_slot_values(self, slot_ordered: torch.Tensor) -> None:
