@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sparsetrain import kernels
-from sparsetrain.kernels import backend
+from sparsetrain.kernels import backend, cpp_ext
 
 BACKENDS = ["torch", "cpp"]
 
@@ -251,6 +251,30 @@ def test_transpose_csr_is_a_stable_sort_with_rows(name, dtype, n_rows, n_cols, n
     assert perm.dtype == ccol.dtype == row_t.dtype == dtype
     assert torch.equal(perm.long(), order) and torch.equal(row_t, row[order])
     assert torch.equal(ccol.long()[1:], torch.bincount(col.long(), minlength=n_cols).cumsum(0))
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("n_rows,n_cols,nnz", [(1, 1, 0), (1, 1, 1), (7, 13, 40), (99, 5000, 20_000),
+                                               (40, 40_000, 3000)])
+def test_cpp_transpose_in_two_passes_equals_one(dtype, n_rows, n_cols, nnz):
+    """Wide layers bucket the entries by 2^k columns first, then counting-sort each bucket: the same
+    stable column-major order, rows and column pointers as one pass (40000 columns: two passes by default)."""
+    lin = _sorted_unique(nnz, n_rows * n_cols, nnz)
+    crow, col = _csr_of(lin, n_rows, n_cols, dtype)
+    one = cpp_ext.transpose_csr(crow, col, n_cols, bucket_bits=0)
+    assert torch.equal(one[0].long(), torch.sort(col.long(), stable=True).indices)
+    for bits in (-1, 1, 3, 7, 20):  # 20: one bucket holds every column
+        two = cpp_ext.transpose_csr(crow, col, n_cols, bucket_bits=bits)
+        assert all(torch.equal(a, b) for a, b in zip(one, two)), bits
+
+
+def test_cpp_transpose_rejects_bad_bucket_bits():
+    crow, col = torch.tensor([0, 2]), torch.tensor([0, 1])
+    for bits in (-2, 31):
+        with pytest.raises(ValueError, match=rf"bucket_bits must be -1 \(auto\), 0 \(one pass\) or 1..30, got {bits}"):
+            cpp_ext.transpose_csr(crow, col, 4, bucket_bits=bits)
+    with pytest.raises(ValueError, match=r"col has entries outside \[0, n_cols=1\)"):
+        cpp_ext.transpose_csr(crow, col, 1, bucket_bits=3)
 
 
 def test_cpp_transpose_csr_rejects_bad_row_pointers(monkeypatch):

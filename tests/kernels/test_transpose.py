@@ -26,7 +26,7 @@ def test_transpose_order_is_a_stable_sort(monkeypatch, name, index_dtype, n_cols
 
 def test_cpp_transpose_order_rejects_out_of_range_columns(monkeypatch):
     monkeypatch.setenv(backend.ENV_VAR, "cpp")
-    with pytest.raises(RuntimeError, match=r"col has entries outside \[0, n_cols=4\)"):
+    with pytest.raises(ValueError, match=r"col has entries outside \[0, n_cols=4\)"):
         kernels.transpose_order(torch.tensor([0, 4], dtype=torch.int32), 4)
 
 

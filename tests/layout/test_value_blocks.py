@@ -60,6 +60,62 @@ def test_transpose_blocked_is_a_blockwise_column_major_permutation(monkeypatch, 
         assert all(torch.equal(a, b) for a, b in zip(first, other))
 
 
+def test_transpose_blocked_of_a_wide_layer(monkeypatch):
+    """More columns than the one-pass transpose takes (two passes), both ways to build the slots, both backends."""
+    n_rows, n_cols = 64, 40_000
+    lin = torch.sort(torch.randperm(n_rows * n_cols, generator=torch.Generator().manual_seed(5))[:3000]).values
+    crow = kernels.rows_to_crow(lin // n_cols, n_rows).to(torch.int32)
+    col = (lin % n_cols).to(torch.int32)
+    results = []
+    for name, method in [("cpp", "columns"), ("cpp", "walk"), ("torch", "auto")]:
+        monkeypatch.setenv(backend.ENV_VAR, name)
+        results.append(kernels.transpose_blocked(crow, col, n_cols, 8, method))
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+
+
+@pytest.mark.parametrize("method", ["columns", "walk"])
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+def test_transpose_after_merge_remaps_and_carries(monkeypatch, method, index_dtype):
+    """remap[slots[p]] = old_slots[source[p]] (-1 where grown), every payload gathered through it; both
+    backends, both ways to build the slots, against transpose_blocked and plain indexing."""
+    g = torch.Generator().manual_seed(4)
+    old_crow, old_col, _ = _csr(dtype=index_dtype)
+    n_old = old_col.numel()
+    monkeypatch.setenv(backend.ENV_VAR, "cpp")
+    old_slots = kernels.transpose_blocked(old_crow, old_col, 23, 3, method)[3]
+    drop = torch.sort(torch.randperm(n_old, generator=g)[:9]).values
+    lin = kernels.csr_rows(old_crow).long() * 23 + old_col.long()
+    free = torch.tensor(sorted(set(range(37 * 23)) - set(lin.tolist())))
+    new_lin = torch.sort(free[torch.randperm(free.numel(), generator=g)[:7]]).values
+    crow, col, source, _, _ = kernels.merge_entries(old_crow, old_col, drop, new_lin, 23)
+    payloads = [torch.randn(n_old, generator=g), torch.randn(n_old, generator=g, dtype=torch.float64),
+                torch.randn(n_old, generator=g).to(torch.bfloat16), torch.rand(n_old, generator=g) < 0.5]
+    results = []
+    for name in BACKENDS:
+        monkeypatch.setenv(backend.ENV_VAR, name)
+        out = kernels.transpose_after_merge(crow, col, 23, 3, source, old_slots, payloads, method)
+        assert all(torch.equal(a, b) for a, b in zip(out[:4], kernels.transpose_blocked(crow, col, 23, 3, method)))
+        results.append(out)
+    for a, b in zip(results[0][:5], results[1][:5]):
+        assert torch.equal(a, b)
+    _, _, _, slots, remap, carried = results[0]
+    expected = torch.full((col.numel(),), -1, dtype=index_dtype)
+    kept = source >= 0
+    expected[slots[kept].long()] = old_slots[source[kept].long()]
+    assert torch.equal(remap, expected) and int((remap < 0).sum()) == 7
+    for t, c_cpp, c_torch in zip(payloads, carried, results[1][5], strict=True):
+        want = torch.zeros(col.numel(), dtype=t.dtype)
+        want[remap >= 0] = t[remap[remap >= 0].long()]
+        assert c_cpp.dtype == t.dtype and torch.equal(c_cpp, want) and torch.equal(c_torch, want)
+    monkeypatch.setenv(backend.ENV_VAR, "cpp")
+    assert kernels.transpose_after_merge(crow, col, 23, 3, source, old_slots)[5] == []
+    with pytest.raises(ValueError, match=rf"payloads must be 1-D with one element per old entry \({n_old}\)"):
+        kernels.transpose_after_merge(crow, col, 23, 3, source, old_slots, [torch.zeros(3)])
+    with pytest.raises(ValueError, match=rf"source and old_slots must lie below {n_old - 1}"):
+        kernels.transpose_after_merge(crow, col, 23, 3, source, old_slots[:-1])
+
+
 @pytest.mark.parametrize("name", BACKENDS)
 def test_scatter_permuted_inverts_the_gather(monkeypatch, name):
     monkeypatch.setenv(backend.ENV_VAR, name)

@@ -337,9 +337,13 @@ def merge_entries(crow: torch.Tensor, col: torch.Tensor, drop: torch.Tensor, new
                                       new_lin.contiguous(), int(n_cols), payloads))
 
 
-def transpose_csr(crow: torch.Tensor, col: torch.Tensor, n_cols: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(perm, ccol, row_t); perm and row_t are the two columns of one (nnz, 2) tensor (see spmm_permuted)."""
-    pairs, ccol, _ = load().transpose_csr(crow.contiguous(), col.contiguous(), int(n_cols), 0, 0)
+def transpose_csr(crow: torch.Tensor, col: torch.Tensor, n_cols: int,
+                  bucket_bits: int = -1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(perm, ccol, row_t); perm and row_t are the two columns of one (nnz, 2) tensor (see spmm_permuted).
+
+    ``bucket_bits``: -1 picks one counting pass or two (wide layers: buckets of 2^k columns first), 0 forces
+    one, k > 0 two with 2^k columns per bucket; all give the same result."""
+    pairs, ccol, _ = load().transpose_csr(crow.contiguous(), col.contiguous(), int(n_cols), 0, 0, int(bucket_bits))
     return pairs[:, 0], ccol, pairs[:, 1]
 
 
@@ -350,12 +354,17 @@ def transpose_blocked(crow: torch.Tensor, col: torch.Tensor, n_cols: int, block_
                       method: str = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`transpose_csr` for row-block value storage: (perm, ccol, row_t, slots), perm in storage positions."""
     pairs, ccol, slots = load().transpose_csr(crow.contiguous(), col.contiguous(), int(n_cols), int(block_rows),
-                                              BLOCK_SLOT_METHODS[method])
+                                              BLOCK_SLOT_METHODS[method], -1)
     return pairs[:, 0], ccol, pairs[:, 1], slots
 
 
-def storage_source(source: torch.Tensor, old_slots: torch.Tensor, new_slots: torch.Tensor) -> torch.Tensor:
-    return load().storage_source(source.contiguous(), old_slots.contiguous(), new_slots.contiguous())
+def transpose_after_merge(crow: torch.Tensor, col: torch.Tensor, n_cols: int, block_rows: int, source: torch.Tensor,
+                          old_slots: torch.Tensor, payloads: list[torch.Tensor], method: str = "auto"):
+    """(perm, ccol, row_t, slots, remap, carried): :func:`transpose_blocked` and the merge's storage remap."""
+    pairs, ccol, slots, remap, carried = load().transpose_after_merge(
+        crow.contiguous(), col.contiguous(), int(n_cols), int(block_rows), BLOCK_SLOT_METHODS[method],
+        source.contiguous(), old_slots.contiguous(), [t.contiguous() for t in payloads])
+    return pairs[:, 0], ccol, pairs[:, 1], slots, remap, list(carried)
 
 
 def scatter_permuted(src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -301,19 +301,38 @@ def scatter_permuted(src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(src).index_copy_(0, index.long(), src)
 
 
-def storage_source(source: torch.Tensor, old_slots: torch.Tensor, new_slots: torch.Tensor) -> torch.Tensor:
-    """The remap of a merge under row-block storage: ``out[new_slots[p]] = old_slots[source[p]]``, -1 where
-    ``source[p] < 0`` (a grown entry). ``source``: :func:`merge_entries`' old slot of each new slot."""
-    for name, t in (("source", source), ("old_slots", old_slots), ("new_slots", new_slots)):
+def transpose_after_merge(crow: torch.Tensor, col: torch.Tensor, n_cols: int, block_rows: int,
+                          source: torch.Tensor, old_slots: torch.Tensor, payloads: Sequence[torch.Tensor] = (),
+                          method: str = "auto"):
+    """Row-block storage after a merge of the indices: ``(perm, ccol, row_t, slots, remap, carried)``.
+
+    The first four are :func:`transpose_blocked` of the merged CSR (``crow``, ``col``). ``source`` is
+    :func:`merge_entries`' old CSR slot of each new entry (-1: grown), ``old_slots`` the old storage position of
+    each old CSR entry; ``remap[q]`` is the old storage position of new storage position q (-1: grown), and
+    ``carried`` each of ``payloads`` (1-D, old storage order) in the new storage order, 0 at grown entries.
+    Our C++ builds the remap and carries the payloads block by block inside the transpose, while each block's
+    storage range is in cache.
+    """
+    for name, t in (("crow", crow), ("col", col), ("source", source), ("old_slots", old_slots)):
         _check_index(name, t)
-    if source.shape != new_slots.shape or not source.dtype == old_slots.dtype == new_slots.dtype:
-        raise ValueError("source and new_slots must have one length, and all three one dtype")
-    cpp = _cpp(source.device)
+    if source.shape != col.shape or not col.dtype == source.dtype == old_slots.dtype:
+        raise ValueError(f"source must have one entry per new entry ({col.numel()}), and source, old_slots and "
+                         "col one dtype")
+    for t in payloads:
+        if t.ndim != 1 or t.numel() != old_slots.numel():
+            raise ValueError(f"payloads must be 1-D with one element per old entry ({old_slots.numel()}), "
+                             f"got shape {tuple(t.shape)}")
+    cpp = _cpp(col.device)
     if cpp is not None:
-        return cpp.storage_source(source, old_slots, new_slots)
-    kept = source >= 0
-    from_old = torch.where(kept, old_slots[source.clamp(min=0).long()], source)
-    return scatter_permuted(from_old, new_slots)
+        if isinstance(block_rows, bool) or not isinstance(block_rows, int) or block_rows < 1:
+            raise ValueError(f"block_rows must be an int >= 1, got {block_rows!r}")
+        return cpp.transpose_after_merge(crow, col, n_cols, block_rows, source, old_slots, list(payloads), method)
+    perm, ccol, row_t, slots = transpose_blocked(crow, col, n_cols, block_rows, method)
+    if bool((source >= old_slots.numel()).any()) or bool((old_slots >= old_slots.numel()).any()):
+        raise ValueError(f"source and old_slots must lie below {old_slots.numel()}")
+    from_old = torch.where(source >= 0, old_slots[source.clamp(min=0).long()], source)
+    remap = scatter_permuted(from_old, slots)
+    return perm, ccol, row_t, slots, remap, [gather_or_zero(t, remap) for t in payloads]
 
 
 def gather_or_zero(src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

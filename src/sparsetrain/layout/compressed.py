@@ -22,8 +22,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..kernels import (cpp_ext, csr_rows, gather_or_zero, linear_index, merge_entries, rows_to_crow, storage_source,
-                       to_storage, transpose_blocked, transpose_csr)
+from ..kernels import (cpp_ext, csr_rows, gather_or_zero, linear_index, merge_entries, rows_to_crow, to_storage,
+                       transpose_after_merge, transpose_blocked, transpose_csr)
 from .base import GatherRemap, Layout, validate_drop_slots, validate_new_coordinates
 
 _INT32_LIMIT = 2**31 - 1
@@ -171,8 +171,8 @@ class CompressedLayout(Layout):
         """One merge of the kept (row, col) entries with the sorted new ones (O(nnz), in the index dtype)
         that also carries the values and ``carry`` (parameter-shaped, in the parameter's order); nothing is
         changed when the input is rejected. Under row-block storage the merge runs on the indices only; the new
-        storage order is built at once, and each tensor is carried in one gather from old to new storage
-        positions."""
+        storage order is built at once, and every tensor is carried in the one pass that maps old to new
+        storage positions."""
         drop = validate_drop_slots(drop_slots.to(self.col.device), self.nnz)
         new_lin = validate_new_coordinates(new_coordinates.to(self.col.device), self.shape)
         crow, col = self.crow, self.col
@@ -191,10 +191,11 @@ class CompressedLayout(Layout):
         self.crow, self.col = crow, col
         self._transposed = self._slots = None  # rebuilt when next asked for
         if old_slots is not None:
-            # new storage position q takes old storage position old_slots[source[CSR slot of q]] (-1: grown);
-            # then one gather per tensor, each inside a block's range on both sides
-            source = storage_source(source, old_slots, self.slots())
-            carried = [gather_or_zero(t, source) for t in (self.values.data, *carry)]
+            # the new storage order with its transposed CSR; new storage position q takes old storage position
+            # old_slots[source[CSR slot of q]] (-1: grown), and every tensor is carried through that remap
+            perm_t, ccol, row_t, self._slots, source, carried = transpose_after_merge(
+                crow, col, self.shape[1], self._block_rows, source, old_slots, [self.values.data, *carry])
+            self._transposed = (ccol, row_t, perm_t)
         remap = GatherRemap(source, carried=tuple(carried[1:]))
         with torch.no_grad():
             _swap_data(self.values, carried[0])
