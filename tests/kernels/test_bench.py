@@ -101,3 +101,10 @@ def test_interleaved_runs_each_step_once_untimed_then_timed_per_round():
     assert calls == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3
     assert set(timing) == {"a", "b"}
     assert all(t["reps"] == 6 and t["min_s"] <= t["median_s"] <= t["max_s"] for t in timing.values())
+
+
+def test_transpose_ab_quick(tmp_path, monkeypatch):
+    rows = _run_script("transpose_ab.py", ["--quick", "--rounds", "1"], tmp_path / "t.json", monkeypatch)["rows"]
+    assert [r["case"].split(",")[0] for r in rows] == ["transposed CSR", "row-block storage after a merge"]
+    assert [len(r["variants"]) for r in rows] == [2, 4]
+    assert all(v["median_s"] > 0 and v["reps"] == 2 for r in rows for v in r["variants"].values())

@@ -1774,12 +1774,6 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, int64_t, std::vector<tor
   return {out_crow, out_col, source, collisions, carried};
 }
 
-// Row-block storage of the values (CompressedLayout, value_block): the values of each block of `block_rows`
-// rows keep the block's CSR range but are ordered by (column, row) inside it, which is the order in which
-// the transposed walk reaches them, so that walk reads each block's values (and writes their gradients)
-// as one forward stream: a few live lines per block instead of a random line per entry. `slots` receives
-// the storage position of every CSR entry (what the row walk reads values through). Two ways to build it:
-//
 // The remap of a merge under row-block storage, for CSR entries [p0, p1): out[new_slots[p]] =
 // old_slots[source[p]], or -1 where source[p] < 0 (a grown entry); source: merge_entries' old CSR slot of each
 // new CSR entry. Returns false on an index out of range.
@@ -1837,14 +1831,22 @@ struct MergeCarry {
   std::atomic<bool> ok{true};
 };
 
+// Row-block storage of the values (CompressedLayout, value_block): the values of each block of `block_rows`
+// rows keep the block's CSR range but are ordered by (column, row) inside it, which is the order in which
+// the transposed walk reaches them, so that walk reads each block's values (and writes their gradients)
+// as one forward stream: a few live lines per block instead of a random line per entry. `slots` receives
+// the storage position of every CSR entry (what the row walk reads values through). Two ways to build it:
+//
 // By columns: the transposed CSR and the storage positions together, from the count of every (block,
 // column). (1) Each block's column histogram, blocks in parallel, into a table of n_blocks x n_cols; (2) over
 // that table, the column pointers and where each (block, column) run starts in the column-major order:
 // block b's entries of column c follow those of blocks 0..b-1 (rows ascend within a column); (3) per block
 // again, a counting sort by column inside the block's range gives each entry's storage position, and the
 // block's storage, read in order, is written to the transposed CSR as one run per (block, column) instead
-// of one scattered pair per entry: 27 -> ... ms at n = 16384, 98 %. The table holds n_blocks x n_cols
-// counts, so it is used while that is at most the number of entries (the walk otherwise).
+// of one scattered pair per entry (16384^2 at 98 %: 32 -> 21 ms). The table holds n_blocks x n_cols counts and
+// costs that much work: "auto" takes it while that is at most half the entries, the walk beyond (medians,
+// ms, by columns vs the walk: 0.25 of the entries 22.2 vs 40.6; 0.5: 10.8 vs 12.9, 21.1 vs 24.9, 26.5 vs
+// 36.3, 31.1 vs 43.0; 1.0 (65536^2 at fan-in 64): 33.9 vs 29.3; 4.0 (262144^2): 254 vs 158).
 template <typename I, typename F>
 void blocked_transpose_by_columns(const I* cp, const I* col, int64_t n_rows, int64_t n_cols, int64_t block_rows,
                                   I* sl, SlotRow<I>* pairs, I* ccol, F&& after_block) {
@@ -1994,7 +1996,7 @@ void transpose_into(const torch::Tensor& crow, const torch::Tensor& col, int64_t
   auto* pr = reinterpret_cast<SlotRow<I>*>(pairs.data_ptr<I>());
   I* sl = slots.data_ptr<I>();
   const int64_t n_blocks = block_rows > 0 ? (n_rows + block_rows - 1) / block_rows : 0;
-  const bool by_columns = block_rows > 0 && (method == 1 || (method == 0 && n_blocks * n_cols <= nnz));
+  const bool by_columns = block_rows > 0 && (method == 1 || (method == 0 && 2 * n_blocks * n_cols <= nnz));
   if (by_columns) {
     check_columns(col.data_ptr<I>(), nnz, n_cols);  // before the histograms index by column
     blocked_transpose_by_columns<I>(cp, col.data_ptr<I>(), n_rows, n_cols, block_rows, sl, pr, ccol.data_ptr<I>(),

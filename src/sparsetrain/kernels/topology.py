@@ -268,8 +268,9 @@ def transpose_blocked(crow: torch.Tensor, col: torch.Tensor, n_cols: int, block_
     The values of each block of ``block_rows`` rows keep the block's CSR range, ordered inside it as the
     transposed walk reaches them (columns ascending, rows ascending within a column). ``slots`` is the
     storage position of every CSR entry and ``perm`` holds storage positions. ``method`` (our C++):
-    ``"columns"`` (a counting sort per block), ``"walk"`` (a bucket pass over the transposed CSR) or
-    ``"auto"``; all give the same result. O(nnz) (plus O(n_cols) per block by columns).
+    ``"columns"`` (a count per block and column, then one run per block and column; "auto" while those
+    counts are at most half the entries), ``"walk"`` (a bucket pass over the transposed CSR) or ``"auto"``;
+    all give the same result. O(nnz) (plus O(n_cols) per block by columns).
     """
     _check_index("crow", crow)
     _check_index("col", col)
