@@ -110,6 +110,10 @@ def test_transpose_after_merge_remaps_and_carries(monkeypatch, method, index_dty
         assert c_cpp.dtype == t.dtype and torch.equal(c_cpp, want) and torch.equal(c_torch, want)
     monkeypatch.setenv(backend.ENV_VAR, "cpp")
     assert kernels.transpose_after_merge(crow, col, 23, 3, source, old_slots)[5] == []
+    none = torch.empty(0, dtype=index_dtype)  # every entry grown from an empty layer
+    *_, remap, (zeros,) = kernels.transpose_after_merge(crow, col, 23, 3, torch.full_like(col, -1), none,
+                                                        [torch.empty(0)], method)
+    assert bool((remap == -1).all()) and torch.equal(zeros, torch.zeros(col.numel()))
     with pytest.raises(ValueError, match=rf"payloads must be 1-D with one element per old entry \({n_old}\)"):
         kernels.transpose_after_merge(crow, col, 23, 3, source, old_slots, [torch.zeros(3)])
     with pytest.raises(ValueError, match=rf"source and old_slots must lie below {n_old - 1}"):
