@@ -4,8 +4,9 @@ Layer n × n at 98 % sparsity (default n = 16384), batch B = 128, SGD with momen
 step is forward + backward + ``optimizer.step()``, timed for a *hidden* layer (its input needs a gradient,
 as in the layer table of docs/benchmarks.md) and for a *first* layer (no input gradient). An update is
 ``method.step()`` at an update step (candidate sampling, SDDMM scoring, selection, ``layout.replace``
-carrying values and momentum); a hidden layer also rebuilds its transposed index after the change, which
-is timed separately and charged to the update (it would otherwise land in the next step). All are measured
+carrying values and momentum); a hidden layer also rebuilds its transposed index after the change, and a
+row-block layer with a forward in storage order its storage walk: both are timed separately and charged to
+the update (they would otherwise land in the next step). All are measured
 in the same run, interleaved, and reported as medians; the update is also broken into its phases by
 timing the same building blocks on the same data. Prints a table and writes
 benchmarks/results/gse_update.json.
@@ -80,6 +81,7 @@ def main() -> None:
         t1 = time.perf_counter()
         update_faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
         layer.layout.transposed()  # the hidden layer's index for the input gradient, rebuilt after the change
+        layer.layout.storage_walk()  # and the forward's walk in storage order, where the layer has one
         t2 = time.perf_counter()
         assert stats is not None
         x = batch(True)
@@ -121,6 +123,7 @@ def main() -> None:
     momentum = opt.state[layer.layout.values]["momentum_buffer"]
     timed("layout.replace (values, momentum)", lambda: layer.layout.replace(drop, grow, carry=[momentum]))
     timed("transposed index (hidden layer)", layer.layout.transposed)
+    timed("storage walk (forward in storage order)", layer.layout.storage_walk)
 
     med = statistics.median
     hidden, first, update, index = med(hidden_s), med(first_s), med(update_s), med(index_s)
@@ -141,7 +144,7 @@ def main() -> None:
     print(f"{'hidden-layer step (fwd, bwd with grad-input, SGD)':<44}{hidden:>10.4f}")
     print(f"{'first-layer step (fwd, bwd, SGD)':<44}{first:>10.4f}")
     print(f"{'GSE update (method.step)':<44}{update:>10.4f}")
-    print(f"{'transposed index rebuild (hidden layer)':<44}{index:>10.4f}")
+    print(f"{'index rebuild (transposed CSR, storage walk)':<44}{index:>10.4f}")
     print(f"{'page faults of one update':<44}{med(update_faults):>10.0f}   "
           f"({med(update_faults) * 4096 / 2**20:.0f} MiB touched for the first time)")
     print(f"{'hidden layer: (update + rebuild) / step':<44}{(update + index) / hidden:>10.2f}   (target <= 1)")

@@ -99,6 +99,12 @@ def test_info_lists_versions_and_backends(capsys, monkeypatch):
     monkeypatch.setenv("SPARSETRAIN_CPU_VALUE_BLOCK", "many")
     assert main(["info"]) == 0
     assert "value storage   invalid: SPARSETRAIN_CPU_VALUE_BLOCK='many': allowed are 'auto'" in capsys.readouterr().out
+    monkeypatch.setenv("SPARSETRAIN_CPU_STORAGE_WALK", "auto")
+    assert main(["info"]) == 0
+    assert "forward walk    in storage order for float32/float64 row blocks" in capsys.readouterr().out
+    monkeypatch.setenv("SPARSETRAIN_CPU_STORAGE_WALK", "yes")
+    assert main(["info"]) == 0
+    assert "forward walk    invalid: SPARSETRAIN_CPU_STORAGE_WALK='yes': allowed are 'auto', '1' or '0'" in capsys.readouterr().out
 
 
 def test_python_dash_m_entry_point():

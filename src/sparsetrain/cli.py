@@ -179,6 +179,7 @@ def _info() -> int:
         listed = "" if ours is None else " (" + ", ".join(str(d).replace("torch.", "") for d in ours) + ")"
         rows.append((f"kernels ({dev})", first + listed + (" " + rest if rest else "")))
     rows.append(("value storage", _value_storage_line()))
+    rows.append(("forward walk", _storage_walk_line()))
     for name, load in (("datasets", "data:DATASETS"), ("models", "models:MODELS")):
         module, attr = load.split(":")
         try:
@@ -205,9 +206,25 @@ def _value_storage_line() -> str:
         return f"invalid: {exc}"
     if forced is None:
         return (f"row blocks of ~{cpp_ext.VALUE_BLOCK_BYTES // 1024} KiB for CPU layers with >= "
-                f"{cpp_ext.L3_BYTES // 2 // 2**20} MiB of values (half of L3), else CSR order "
+                f"{cpp_ext.L3_BYTES // cpp_ext.VALUE_BLOCK_L3_FRACTION // 2**20} MiB of values "
+                f"(1/{cpp_ext.VALUE_BLOCK_L3_FRACTION} of L3), else CSR order "
                 "(SPARSETRAIN_CPU_VALUE_BLOCK=auto)")
     return f"SPARSETRAIN_CPU_VALUE_BLOCK={forced}: " + ("CSR order" if forced == 0 else f"blocks of {forced} rows")
+
+
+def _storage_walk_line() -> str:
+    """Which forward row-block CPU layers run: in storage order, or the CSR walk through the slots."""
+    import os
+
+    from .kernels import cpp_ext
+
+    setting = os.environ.get("SPARSETRAIN_CPU_STORAGE_WALK", "auto")
+    if setting == "auto":
+        return (f"in storage order for float32/float64 row blocks that use each gathered row >= "
+                f"{cpp_ext.STORAGE_WALK_REUSE} times, else the CSR walk (SPARSETRAIN_CPU_STORAGE_WALK=auto)")
+    if setting in ("0", "1"):
+        return f"SPARSETRAIN_CPU_STORAGE_WALK={setting}: " + ("always in storage order" if setting == "1" else "the CSR walk")
+    return f"invalid: SPARSETRAIN_CPU_STORAGE_WALK={setting!r}: allowed are 'auto', '1' or '0'"
 
 
 def _cuda_line() -> str:

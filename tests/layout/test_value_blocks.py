@@ -3,7 +3,8 @@
 Its invariants: ``transpose_blocked``'s slots are a permutation that keeps every block of rows in its own
 CSR range, ordered inside by (column, row), and agree between its two C++ constructions and the torch
 formulation; a blocked layer computes bitwise the same outputs and gradients as a CSR-ordered one (every
-backward path, both backends, float32, bfloat16 and CPU autocast, linear and conv); training with a dynamic
+backward path, both backends, float32, bfloat16 and CPU autocast, linear and conv, our forward in storage
+order or the CSR walk through the slots); training with a dynamic
 method (pruning ties included) follows bitwise the same trajectory; checkpoints hold slot order and resume
 into the same storage; bad settings are refused.
 """
@@ -158,9 +159,11 @@ def _step(layer, x, needs_input_grad, dtype):
 @pytest.mark.parametrize("name", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
 @pytest.mark.parametrize("path", ["fused", "values_only", "input_only"])
-def test_blocked_layer_computes_bitwise_the_same(monkeypatch, name, dtype, path):
+@pytest.mark.parametrize("walk", ["0", "1"], ids=["csr_walk", "storage_walk"])
+def test_blocked_layer_computes_bitwise_the_same(monkeypatch, name, dtype, path, walk):
     plain, blocked = _pair(lambda g: SparseLinear(70, 45, sparsity=0.8, bias=False, generator=g), 4, monkeypatch)
     monkeypatch.setenv(backend.ENV_VAR, name)
+    monkeypatch.setenv("SPARSETRAIN_CPU_STORAGE_WALK", walk)  # the forward in storage order (ours), or not
     x = torch.randn(33, 70, generator=torch.Generator().manual_seed(3))
     outs = []
     for layer in (plain, blocked):
@@ -176,7 +179,9 @@ def test_blocked_layer_computes_bitwise_the_same(monkeypatch, name, dtype, path)
         assert (a is None) == (b is None) and (a is None or torch.equal(a, b))
 
 
-def test_blocked_conv_computes_bitwise_the_same(monkeypatch):
+@pytest.mark.parametrize("walk", ["0", "1"], ids=["csr_walk", "storage_walk"])
+def test_blocked_conv_computes_bitwise_the_same(monkeypatch, walk):
+    monkeypatch.setenv("SPARSETRAIN_CPU_STORAGE_WALK", walk)
     plain, blocked = _pair(lambda g: SparseConv2d(3, 8, 3, padding=1, sparsity=0.5, generator=g), 2, monkeypatch)
     x = torch.randn(2, 3, 7, 7, generator=torch.Generator().manual_seed(4))
     outs = [_step(layer, x, True, torch.float32) for layer in (plain, blocked)]
@@ -192,8 +197,10 @@ def _model(g):
 
 @pytest.mark.parametrize("method,hp", [("gse", {}), ("gse", {"scope": "global"}), ("set", {"set_prune": "sign_split"}),
                                        ("rigl", {})])
-def test_training_follows_the_same_trajectory(monkeypatch, method, hp):
+@pytest.mark.parametrize("walk", ["0", "1"], ids=["csr_walk", "storage_walk"])
+def test_training_follows_the_same_trajectory(monkeypatch, method, hp, walk):
     """Every update (ties among the zero-valued grown weights included) picks the same slots."""
+    monkeypatch.setenv("SPARSETRAIN_CPU_STORAGE_WALK", walk)
     results = []
     for vb in (0, 3):
         monkeypatch.setenv("SPARSETRAIN_CPU_VALUE_BLOCK", str(vb))
@@ -279,9 +286,9 @@ def test_bad_settings_are_refused(monkeypatch):
         kernels.transpose_blocked(crow, col, 5, 4, "columns")
 
 
-def test_auto_blocks_from_half_of_l3(monkeypatch):
+def test_auto_blocks_from_an_eighth_of_l3(monkeypatch):
     monkeypatch.setenv("SPARSETRAIN_CPU_VALUE_BLOCK", "auto")
-    nnz = cpp_ext.L3_BYTES // 2 // 4  # float32 values filling half of L3
+    nnz = cpp_ext.L3_BYTES // 8 // 4  # float32 values filling an eighth of L3
     rows = nnz // 64                   # fan-in 64: blocks of VALUE_BLOCK_BYTES / 256 B rows
     assert cpp_ext.value_block_rows(rows, nnz, 4) == cpp_ext.VALUE_BLOCK_BYTES // 256
     assert cpp_ext.value_block_rows(rows, nnz - 1, 4) == 0
@@ -289,8 +296,10 @@ def test_auto_blocks_from_half_of_l3(monkeypatch):
     assert CompressedLayout((4, 4), random_linear_indices((4, 4), 5)).value_block.item() == 0
 
 
-def test_blocked_layer_under_cpu_bfloat16_autocast(monkeypatch):
+@pytest.mark.parametrize("walk", ["auto", "1"])
+def test_blocked_layer_under_cpu_bfloat16_autocast(monkeypatch, walk):
     """Mixed precision: the float32 parameter in row blocks, a bfloat16 copy of it in the kernels."""
+    monkeypatch.setenv("SPARSETRAIN_CPU_STORAGE_WALK", walk)
     plain, blocked = _pair(lambda g: SparseLinear(64, 48, sparsity=0.75, generator=g), 8, monkeypatch)
     x = torch.randn(32, 64, generator=torch.Generator().manual_seed(6))
     outs = []

@@ -59,11 +59,14 @@ def _check_dense(name: str, t: torch.Tensor, rows: int, what: str) -> None:
 
 
 def spmm(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, dense_fm: torch.Tensor,
-         n_cols: int, slots: torch.Tensor | None = None) -> torch.Tensor:
+         n_cols: int, slots: torch.Tensor | None = None,
+         walk: tuple[torch.Tensor, int] | None = None) -> torch.Tensor:
     """Feature-major SpMM: (n_rows, R) = CSR(n_rows x n_cols) @ (n_cols, R).
 
     ``slots``: entry p's value is ``values[slots[p]]`` (row-block value storage, :func:`transpose_blocked`); our
-    CPU kernel reads it in place, other backends gather the values into CSR order first.
+    CPU kernel reads it in place, other backends gather the values into CSR order first. ``walk``: the
+    layout's ``storage_walk()`` (with ``slots``): our CPU kernel then walks the values in storage order
+    (``cpp_ext.spmm_storage``, the same result); other backends ignore it.
     """
     _check_index("crow", crow)
     _check_index("col", col)
@@ -77,6 +80,11 @@ def spmm(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, dense_fm: 
     if slots is None:
         return impl.spmm(crow, col, values, dense_fm, n_cols)
     if impl is cpp_ext:
+        if walk is not None:
+            pairs, block_rows = walk
+            if pairs.shape != (col.numel(), 2):
+                raise ValueError(f"walk must have shape ({col.numel()}, 2), got {tuple(pairs.shape)}")
+            return cpp_ext.spmm_storage(crow, pairs, values, dense_fm, block_rows)
         return cpp_ext.spmm_permuted(crow, col, values, slots, dense_fm)
     return impl.spmm(crow, col, values.index_select(0, slots), dense_fm, n_cols)
 

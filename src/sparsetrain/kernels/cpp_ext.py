@@ -50,13 +50,27 @@ MIN_SEGMENT = 64  # entries per row and block below which the per-segment overhe
 SWEEP = os.environ.get("SPARSETRAIN_CPU_SWEEP", "auto")
 SWEEP_SLICES = ((4, 16), (2, 16))  # (L3 fraction 1/k of a pass's slice, entries per row and pass it needs)
 # Row-block storage of a compressed layer's values (CompressedLayout, transpose_csr in cpu_kernels.cpp): once the
-# values take half of L3 or more, each block of rows holding about VALUE_BLOCK_BYTES of values (1024 rows at
+# values take VALUE_BLOCK_L3_FRACTION of L3 or more, each block of rows holding about VALUE_BLOCK_BYTES of values (1024 rows at
 # fan-in 64 in float32) keeps them in the order the transposed walk reaches them, so the fused backward streams them instead of fetching a random line per
 # entry (n = 262144, fan-in 64: backward 17.4 -> 11.8 ns per weight in bfloat16, 37.0 -> 30.4 in float32),
 # for an indirect but cache-local value read in the forward (+0.7-1.7 ns). "auto", a number of rows per
 # block, or 0 (CSR order always): SPARSETRAIN_CPU_VALUE_BLOCK, read when a layout is built; the choice is kept
-# in the layout's state (and checkpoints), so a resumed run stores its values as before.
+# in the layout's state (and checkpoints), so a resumed run stores its values as before. From the sixth session
+# on, blocks were chosen from half of L3; since the eighth, from an eighth: values that fit L3 are still read
+# at random by the backward (a random line per entry, and the gradient's lines written back), and with the
+# forward in storage order below, the layer step (float32, B = 128, interleaved) measured 16384² at 99.5 %
+# (5.4 MB) 36.4 -> 30.3 ms, 16384² at fan-in 64 (4 MiB) 26.8 -> 23.4; below 4 MiB nothing or a loss: 4096²
+# at 98 % (1.3 MB) -3 %, 4096² at fan-in 64 (1 MiB) +2 %, 1024² at 90 % (0.4 MB) +9 %.
 VALUE_BLOCK_BYTES = 256 * 1024
+VALUE_BLOCK_L3_FRACTION = 8  # values of at least L3 / 8 (4 MiB of a 32 MiB L3) are stored in row blocks
+# The forward of a row-block layer walks its storage order (spmm_storage: a block's sums in a scratch, each
+# gathered row loaded once per block and column, the values streamed in place) once a block uses each gathered
+# row this many times on average; below that, the CSR walk through the slots (register sums, a random read of
+# the block's values per entry). Measured, float32 forward, B = 128 (docs/kernels.md): 16384² at 98 % (4 uses)
+# 41 -> 23 ms, at 90 % (4) 139 -> 119 ms, at 99.5 % (4) 9.1 -> 6.6 ms; fan-in 64 at 65536 (1 use) 61 -> 82 ms
+# and 262144 (0.25) 262 -> 480 ms; bfloat16 at 90 % 92 -> 110 ms (its sums are float32: twice the bytes of
+# its gathered rows), so bfloat16 keeps the CSR walk. SPARSETRAIN_CPU_STORAGE_WALK = auto | 1 | 0 forces it.
+STORAGE_WALK_REUSE = 2
 
 _lock = threading.Lock()
 _module: ModuleType | None = None
@@ -168,12 +182,12 @@ def forced_value_block() -> int | None:
 
 def value_block_rows(n_rows: int, nnz: int, element_size: int) -> int:
     """Rows per value block for a new CPU layout of ``nnz`` values in ``n_rows`` rows (0: CSR order): once the
-    values take half of L3 or more, blocks of about VALUE_BLOCK_BYTES of values; or what
-    SPARSETRAIN_CPU_VALUE_BLOCK forces."""
+    values take an eighth of L3 or more (VALUE_BLOCK_L3_FRACTION), blocks of about VALUE_BLOCK_BYTES of
+    values; or what SPARSETRAIN_CPU_VALUE_BLOCK forces."""
     forced = forced_value_block()
     if forced is not None:
         return forced
-    if nnz * element_size < L3_BYTES // 2 or n_rows == 0:
+    if nnz * element_size < L3_BYTES // VALUE_BLOCK_L3_FRACTION or n_rows == 0:
         return 0
     return max(1, min(n_rows, VALUE_BLOCK_BYTES // (max(1, nnz // n_rows) * element_size)))
 
@@ -253,6 +267,39 @@ def spmm_permuted(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, p
         return load().spmm(crow.contiguous(), pairs, values.contiguous(), dense_fm, None, *plan, True)
     return load().spmm(crow.contiguous(), col.contiguous(), values.contiguous(), dense_fm, perm.contiguous(),
                        *plan, False)
+
+
+def spmm_storage(crow: torch.Tensor, walk: torch.Tensor, values: torch.Tensor, dense_fm: torch.Tensor,
+                 block_rows: int) -> torch.Tensor:
+    """:func:`spmm` of a row-block layout walked in storage order: ``walk`` is its :func:`storage_walk`, the
+    values are in storage order. Each block's sums stay in a scratch while the block's entries add the
+    gathered rows column by column (one register load of a row serves all its uses in the block);
+    bitwise the CSR walk's result."""
+    dense_fm = dense_fm.contiguous()
+    return load().spmm_storage(crow.contiguous(), walk, values.contiguous(), dense_fm, block_rows,
+                               accumulator_tile(dense_fm))
+
+
+def storage_walk(crow: torch.Tensor, col: torch.Tensor, slots: torch.Tensor, block_rows: int) -> torch.Tensor:
+    """(nnz, 2) (column, row) of each storage position of a row-block layout, from its CSR and ``slots``."""
+    return load().storage_walk(crow.contiguous(), col.contiguous(), slots.contiguous(), block_rows)
+
+
+def storage_walk_pays(n_rows: int, n_cols: int, nnz: int, block_rows: int, dtype: torch.dtype) -> bool:
+    """Whether a row-block layer's forward walks its storage order (:func:`spmm_storage`) rather than the CSR
+    through its slots: for float32 and float64 values, when a block uses each gathered row
+    STORAGE_WALK_REUSE times or more on average; never for bfloat16, whose float32 sums would move twice the
+    bytes of its gathered rows (measured slower); or what SPARSETRAIN_CPU_STORAGE_WALK forces (1 / 0)."""
+    setting = os.environ.get("SPARSETRAIN_CPU_STORAGE_WALK", "auto")
+    if setting not in ("auto", "0", "1"):
+        raise ConfigError(f"SPARSETRAIN_CPU_STORAGE_WALK={setting!r}: allowed are 'auto', '1' (always) or '0' (never)")
+    if block_rows <= 0:
+        return False
+    if setting != "auto":
+        return setting == "1"
+    if dtype not in (torch.float32, torch.float64) or n_rows == 0 or n_cols == 0:
+        return False
+    return min(block_rows, n_rows) * nnz >= STORAGE_WALK_REUSE * n_rows * n_cols
 
 
 def grads_transposed(ccol: torch.Tensor, row_t: torch.Tensor, perm_t: torch.Tensor, values: torch.Tensor,

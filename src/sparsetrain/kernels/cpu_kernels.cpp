@@ -399,6 +399,112 @@ void spmm_impl(const I* crow, const I* col, const T* val, const I* perm, const T
   });
 }
 
+// SpMM over row-block value storage, walked in storage order (the forward of a blocked layer whose blocks
+// reuse their gathered rows): block b holds rows [b * block_rows, ...) and, in storage order, its entries
+// sorted by (column, row); walk[2 s], walk[2 s + 1] are the column and row of storage position s. Each
+// gathered operand row is loaded into registers once per block and column and added into every row of the
+// block that uses it; the block's sums (block_rows x W of acc_t<T>) stay in a thread's scratch (L2) and are
+// stored once. A row's entries arrive in column order, as in the CSR walk, so the sums are bitwise those of
+// spmm_rows. Reading the values in place, in order, replaces one random value read per entry (through the
+// CSR slots) by a stream; the price, a load and a store of the sums per entry, pays only where a block uses a
+// gathered row several times (cpp_ext.storage_walk_pays).
+template <typename T, typename I, int W>
+bool spmm_storage_impl(const I* crow, const I* walk, const T* val, const T* x, T* out, int64_t n_rows, int64_t R,
+                       int64_t n_cols, int64_t block_rows) {
+  using C = acc_t<T>;
+  using Tl = Tile<T, W>;
+  using V = typename Tl::V;
+  constexpr int K = Tl::kVectors;
+  const int64_t n_blocks = (n_rows + block_rows - 1) / block_rows;
+  const int nt = team_size(static_cast<int64_t>(crow[n_rows]) * R);
+  std::atomic<bool> bad{false};
+#pragma omp parallel num_threads(nt)
+  {
+    static_assert(sizeof(V) == 64, "a tile vector is one 64-byte register");
+    std::vector<V> scratch(static_cast<size_t>(block_rows) * K);  // 64-byte aligned (vector of V)
+    for (int64_t r0 = 0; r0 < R; r0 += W) {
+      const int64_t w = std::min<int64_t>(W, R - r0);
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t b = 0; b < n_blocks; ++b) {
+        const int64_t lo = b * block_rows, hi = std::min(n_rows, lo + block_rows);
+        const int64_t end = crow[hi];
+        V* sums = scratch.data();
+        C* flat = reinterpret_cast<C*>(sums);  // the partial tile's sums: W of C per row
+        std::memset(static_cast<void*>(sums), 0, static_cast<size_t>(hi - lo) * K * sizeof(V));
+        // a column outside [0, n_cols) (one test per column) or a row outside the block (clamped without a
+        // branch, then reported) fails the call: a walk storage_walk did not build
+        const uint64_t rows = static_cast<uint64_t>(hi - lo);
+        bool inside = true;
+        for (int64_t p = crow[lo]; p < end;) {
+          const int64_t c = walk[2 * p];
+          if (static_cast<uint64_t>(c) >= static_cast<uint64_t>(n_cols)) { bad = true; break; }
+          const T* xr = x + c * R + r0;
+          if (w == W) {
+            Tl xt;
+            xt.load(xr);
+            do {
+              uint64_t at = static_cast<uint64_t>(walk[2 * p + 1] - lo);
+              inside &= at < rows;
+              at = at < rows ? at : 0;
+              const V v = V{} + C(val[p]);
+              V* s = sums + at * K;
+#pragma GCC unroll 16
+              for (int q = 0; q < K; ++q) s[q] += v * xt.v[q];
+            } while (++p < end && walk[2 * p] == c);
+          } else {
+            do {
+              uint64_t at = static_cast<uint64_t>(walk[2 * p + 1] - lo);
+              inside &= at < rows;
+              at = at < rows ? at : 0;
+              const C v = val[p];
+              C* s = flat + at * W;
+              for (int64_t k = 0; k < w; ++k) s[k] += v * C(xr[k]);
+            } while (++p < end && walk[2 * p] == c);
+          }
+        }
+        if (!inside) bad = true;
+        for (int64_t i = lo; i < hi; ++i) {
+          T* o = out + i * R + r0;
+          if (w == W) {
+            Tl t;
+            std::memcpy(static_cast<void*>(t.v), sums + (i - lo) * K, sizeof(t.v));
+            t.store(o);
+          } else {
+            const C* s = flat + (i - lo) * W;
+            for (int64_t k = 0; k < w; ++k) o[k] = T(s[k]);
+          }
+        }
+      }
+    }
+  }
+  return !bad;
+}
+
+// The (column, row) of every storage position of a row-block layout: walk[2 slots[p]] = (col[p], row of p).
+// Each block's writes stay inside its own range of the storage (a few hundred KiB), blocks in parallel.
+// False (and that block left unwritten) where a slot leaves its block's range.
+template <typename I>
+bool storage_walk_impl(const I* crow, const I* col, const I* slots, I* walk, int64_t n_rows, int64_t block_rows) {
+  const int64_t n_blocks = (n_rows + block_rows - 1) / block_rows;
+  const int nt = team_size(static_cast<int64_t>(crow[n_rows]));
+  std::atomic<bool> bad{false};
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+  for (int64_t b = 0; b < n_blocks; ++b) {
+    const int64_t lo = b * block_rows, hi = std::min(n_rows, lo + block_rows);
+    const int64_t first = crow[lo], size = static_cast<int64_t>(crow[hi]) - first;
+    bool ok = true;
+    for (int64_t p = first; p < first + size; ++p) ok &= static_cast<uint64_t>(slots[p] - first) < static_cast<uint64_t>(size);
+    if (!ok) { bad = true; continue; }
+    for (int64_t i = lo; i < hi; ++i)
+      for (int64_t p = crow[i]; p < crow[i + 1]; ++p) {
+        const int64_t s = slots[p];
+        walk[2 * s] = col[p];
+        walk[2 * s + 1] = static_cast<I>(i);
+      }
+  }
+  return !bad;
+}
+
 // out[e] (+)= <left[row_e, r0:r0+w], right[col_e, r0:r0+w]>, one row's run of entries at a time (the left
 // row's tile stays in registers for the run). O: acc_t<T> where several batch tiles add into out (their
 // sums are not rounded to T in between); T itself for a single tile (rounded once, as it is written).
@@ -773,6 +879,42 @@ torch::Tensor spmm(torch::Tensor crow, torch::Tensor col, torch::Tensor values, 
   return out;
 }
 
+// out = the row-block layout (crow, storage walk, values in storage order) @ x_fm, walked in storage order
+// (spmm_storage_impl); walk: the (nnz, 2) (column, row) of each storage position, as storage_walk builds it.
+torch::Tensor spmm_storage(torch::Tensor crow, torch::Tensor walk, torch::Tensor values, torch::Tensor x_fm,
+                           int64_t block_rows, int64_t tile_bytes) {
+  check_dense(x_fm, "dense_fm");
+  TORCH_CHECK(values.dim() == 1 && values.is_contiguous() && values.scalar_type() == x_fm.scalar_type(),
+              "values must be 1-D contiguous with the dtype of dense_fm");
+  TORCH_CHECK(crow.dim() == 1 && crow.is_contiguous() && walk.dim() == 2 && walk.size(1) == 2 &&
+                  walk.is_contiguous() && crow.scalar_type() == walk.scalar_type() &&
+                  (walk.scalar_type() == torch::kInt32 || walk.scalar_type() == torch::kInt64),
+              "crow and walk must be contiguous int32 or int64 of one dtype, walk of shape (nnz, 2)");
+  TORCH_CHECK_VALUE(block_rows >= 1, "block_rows must be >= 1, got ", block_rows);
+  const int64_t nnz = walk.size(0), n_rows = crow.numel() - 1, R = x_fm.size(1);
+  TORCH_CHECK(n_rows >= 0, "crow must have at least one element");
+  TORCH_CHECK(values.numel() == nnz, "values must have one element per entry (", nnz, ")");
+  auto out = torch::empty({n_rows, R}, x_fm.options());
+  if (n_rows == 0 || R == 0) return out;
+  if (nnz == 0) return out.zero_();
+  bool ok = true;
+  AT_DISPATCH_FLOATING_TYPES_AND(torch::kBFloat16, x_fm.scalar_type(), "sparsetrain_spmm_storage", [&] {
+    using T = scalar_t;
+    dispatch_index(walk, [&](auto index_tag) {
+      using I = decltype(index_tag);
+      TORCH_CHECK_VALUE(static_cast<int64_t>(crow.data_ptr<I>()[n_rows]) == nnz, "crow[-1] must equal nnz (", nnz, ")");
+      with_tile<T>(tile_bytes, [&](auto wc) {
+        constexpr int W = decltype(wc)::value;
+        ok = spmm_storage_impl<T, I, W>(crow.data_ptr<I>(), walk.data_ptr<I>(), values.data_ptr<T>(),
+                                        x_fm.data_ptr<T>(), out.data_ptr<T>(), n_rows, R, x_fm.size(0), block_rows);
+      });
+    });
+  });
+  TORCH_CHECK_VALUE(ok, "spmm_storage: walk has a column outside [0, ", x_fm.size(0),
+                    ") or a row outside its block (build it with storage_walk)");
+  return out;
+}
+
 // (grad_x (n_in, R), grad_values (nnz)) of y = W x, from W's transposed CSR (ccol, (slot, row) pairs), its
 // values, gy (n_out, R) and x (n_in, R); see grads_transposed_impl.
 std::tuple<torch::Tensor, torch::Tensor> grads_transposed(torch::Tensor ccol, torch::Tensor pairs, torch::Tensor values,
@@ -1005,6 +1147,27 @@ void check_index_vector(const torch::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu() && t.dim() == 1 && t.is_contiguous(), name, " must be a contiguous 1-D CPU tensor");
   TORCH_CHECK(t.scalar_type() == torch::kInt32 || t.scalar_type() == torch::kInt64,
               name, " dtype must be int32 or int64, got ", t.scalar_type());
+}
+
+// The storage walk of a row-block layout: (nnz, 2) (column, row) of each storage position (storage_walk_impl).
+torch::Tensor storage_walk(torch::Tensor crow, torch::Tensor col, torch::Tensor slots, int64_t block_rows) {
+  check_common(crow, col, "crow");
+  check_index_vector(slots, "slots");
+  TORCH_CHECK_VALUE(slots.scalar_type() == col.scalar_type() && slots.numel() == col.numel(),
+                    "slots must have col's dtype and length");
+  TORCH_CHECK_VALUE(block_rows >= 1, "block_rows must be >= 1, got ", block_rows);
+  const int64_t nnz = col.numel(), n_rows = crow.numel() - 1;
+  TORCH_CHECK(n_rows >= 0, "crow must have at least one element");
+  auto walk = torch::empty({nnz, 2}, col.options());
+  dispatch_index(col, [&](auto index_tag) {
+    using I = decltype(index_tag);
+    const I* cp = crow.data_ptr<I>();
+    const I* sp = slots.data_ptr<I>();
+    TORCH_CHECK_VALUE(static_cast<int64_t>(cp[n_rows]) == nnz, "crow[-1] must equal nnz (", nnz, ")");
+    TORCH_CHECK_VALUE(storage_walk_impl<I>(cp, col.data_ptr<I>(), sp, walk.data_ptr<I>(), n_rows, block_rows),
+                      "storage_walk: slots must map each block of ", block_rows, " rows into its own CSR range");
+  });
+  return walk;
 }
 
 std::tuple<torch::Tensor, torch::Tensor> transpose_order(torch::Tensor col, int64_t n_cols) {
@@ -2517,6 +2680,8 @@ torch::Tensor csr_linear(torch::Tensor crow, torch::Tensor col, torch::Tensor sl
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("spmm", &spmm, "feature-major CSR SpMM: (n_rows, R) = CSR @ (n_cols, R), values optionally read through perm");
   m.def("sddmm", &sddmm, "SDDMM at CSR (coo=false) or COO (coo=true) coordinates");
+  m.def("spmm_storage", &spmm_storage, "SpMM of a row-block layout walked in storage order (its storage walk)");
+  m.def("storage_walk", &storage_walk, "(column, row) of each storage position of a row-block layout");
   m.def("grads_transposed", &grads_transposed, "(grad_x, grad_values) of a CSR layer from one walk of its transposed CSR");
   m.def("transpose", &transpose, "contiguous transpose of a contiguous 2-D tensor (cache-blocked, parallel)");
   m.def("transpose_order", &transpose_order, "stable counting sort of column indices: (perm, ccol)");

@@ -12,7 +12,7 @@ Transposed = Union[TransposedCSR, Callable[[], TransposedCSR]]
 
 class _SparseLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, values, crow, col, transposed, n_in, observer, slots):  # type: ignore[override]
+    def forward(ctx, x, values, crow, col, transposed, n_in, observer, slots, walk):  # type: ignore[override]
         from . import feature_major, spmm  # late import: the dispatcher imports this module
 
         x_fm = feature_major(x)  # free when x is itself a transposed feature-major view
@@ -23,7 +23,7 @@ class _SparseLinear(torch.autograd.Function):
         # A leaf input's gradient is stored in the input's own layout (autograd copies it otherwise):
         # give a batch-major leaf a batch-major gradient; anything else gets the free feature-major view.
         ctx.batch_major_grad = x.is_leaf and x.is_contiguous() and not x.t().is_contiguous()
-        return spmm(crow, col, values, x_fm, n_in, slots).t()
+        return spmm(crow, col, values, x_fm, n_in, slots, walk).t()
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
@@ -43,20 +43,22 @@ class _SparseLinear(torch.autograd.Function):
             grad_x = feature_major(grad_x_fm) if ctx.batch_major_grad else grad_x_fm.t()
         if ctx.observer is not None:
             ctx.observer(x_fm, gy_fm)
-        return grad_x, grad_values, None, None, None, None, None, None
+        return grad_x, grad_values, None, None, None, None, None, None, None
 
 
 def sparse_linear(x: torch.Tensor, values: torch.Tensor, crow: torch.Tensor, col: torch.Tensor,
                   transposed: Transposed, n_in: int, observer: Optional[BackwardObserver] = None,
-                  slots: Optional[torch.Tensor] = None) -> torch.Tensor:
+                  slots: Optional[torch.Tensor] = None,
+                  walk: Optional[tuple[torch.Tensor, int]] = None) -> torch.Tensor:
     """x: (R, n_in) -> (R, n_out), W given by the CSR (crow, col, values).
 
     ``transposed`` is W's transposed CSR (ccol, row_t, perm_t) — ``perm_t[j]`` the value slot of its j-th
     entry — or a zero-argument callable returning it, so a layout builds it only when an input gradient is
     needed. ``slots``: the values are in row-block storage order, CSR entry p's value is ``values[slots[p]]``
-    (``perm_t`` then holds storage positions too, and the value gradient comes back in storage order).
+    (``perm_t`` then holds storage positions too, and the value gradient comes back in storage order);
+    ``walk``: the layout's ``storage_walk()``, for a forward in storage order where our CPU kernels serve.
     ``observer(x_fm, gy_fm)``, if given, is called in backward with the feature-major input (n_in, R) and
     output gradient (n_out, R): the hook dynamic-sparse methods use to score growth candidates without an
     extra pass.
     """
-    return _SparseLinear.apply(x, values, crow, col, transposed, n_in, observer, slots)
+    return _SparseLinear.apply(x, values, crow, col, transposed, n_in, observer, slots, walk)

@@ -22,8 +22,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..kernels import (cpp_ext, csr_rows, gather_or_zero, linear_index, merge_entries, rows_to_crow, to_storage,
-                       transpose_after_merge, transpose_blocked, transpose_csr)
+from ..kernels import (cpp_ext, csr_rows, gather_or_zero, implementation, linear_index, merge_entries, rows_to_crow,
+                       to_storage, transpose_after_merge, transpose_blocked, transpose_csr)
 from .base import GatherRemap, Layout, validate_drop_slots, validate_new_coordinates
 
 _INT32_LIMIT = 2**31 - 1
@@ -100,6 +100,7 @@ class CompressedLayout(Layout):
         self._block_rows = value_block
         self._transposed: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._slots: torch.Tensor | None = None
+        self._walk: torch.Tensor | None = None
         if value_block:
             self.values.data = self.to_storage(self.values.data)
 
@@ -142,6 +143,26 @@ class CompressedLayout(Layout):
             return None
         self.transposed()
         return self._slots
+
+    def storage_walk(self, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, int] | None:
+        """``(walk, block_rows)`` for a forward in storage order — ``walk`` the (nnz, 2) (column, row) of each
+        storage position — where our CPU kernels serve a forward computing in ``dtype`` (default: the
+        values'; under autocast, bfloat16) and a block reuses its gathered rows enough
+        (``cpp_ext.storage_walk_pays``); None otherwise. Built on first use after a topology change (8 bytes
+        per active weight)."""
+        dtype = dtype or self.values.dtype
+        if not self.blocked or self.values.device.type != "cpu":
+            return None
+        if implementation(self.values.device, dtype) is not cpp_ext or not cpp_ext.storage_walk_pays(
+                self.shape[0], self.shape[1], self.nnz, self._block_rows, dtype):
+            return None
+        if self._walk is None:
+            self._walk = cpp_ext.storage_walk(self.crow, self.col, self.slots(), self._block_rows)
+        return self._walk, self._block_rows
+
+    def _forget_derived(self) -> None:
+        """Drop the indices derived from the CSR (after a topology change or a load)."""
+        self._transposed = self._slots = self._walk = None
 
     @property
     def block_rows(self) -> int:
@@ -189,7 +210,7 @@ class CompressedLayout(Layout):
         if collisions:
             raise ValueError(f"new_coordinates includes positions that stay active ({collisions} of them)")
         self.crow, self.col = crow, col
-        self._transposed = self._slots = None  # rebuilt when next asked for
+        self._forget_derived()  # rebuilt when next asked for
         if old_slots is not None:
             # the new storage order with its transposed CSR; new storage position q takes old storage position
             # old_slots[source[CSR slot of q]] (-1: grown), and every tensor is carried through that remap
@@ -247,7 +268,8 @@ class CompressedLayout(Layout):
     def index_bytes(self) -> int:
         """Bytes of the index tensors held now (persistent, row pointers, and the transposed CSR with the
         row-block slots if built)."""
-        held = (self.col, self.crow, *(self._transposed or ()), *(() if self._slots is None else (self._slots,)))
+        held = (self.col, self.crow, *(self._transposed or ()),
+                *(t for t in (self._slots, self._walk) if t is not None))
         return sum(b.numel() * b.element_size() for b in held)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
@@ -276,7 +298,7 @@ class CompressedLayout(Layout):
             self.col = self.col.new_empty(col.shape, dtype=col.dtype)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
-        self._transposed = self._slots = None
+        self._forget_derived()
         self._block_rows = int(self.value_block)
         if self._block_rows < 0:
             error_msgs.append(f"{prefix}: value_block must be >= 0, got {self._block_rows}")

@@ -119,7 +119,7 @@ class SparseConv2d(_ConvShape, SparseModule):
         L = self.layout
         features, values = kernel_operands(features, L.values)
         y = sparse_linear(features.t(), values, L.crow, L.col, L.transposed, L.shape[1],
-                          self.backward_observer, L.slots())
+                          self.backward_observer, L.slots(), L.storage_walk(values.dtype))
         y = y.t().reshape(self.out_channels, n, h_out, w_out).permute(1, 0, 2, 3)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype).view(1, -1, 1, 1)

@@ -65,7 +65,7 @@ class SparseLinear(_LinearShape, SparseModule):
         # own (batch-major) layout from our transpose, instead of autograd copying a transposed view
         rows = x if x.dim() == 2 else x.reshape(-1, self.in_features)
         y = sparse_linear(rows, values, L.crow, L.col, L.transposed, self.in_features, self.backward_observer,
-                         L.slots())
+                         L.slots(), L.storage_walk(values.dtype))
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)  # under autocast y is bfloat16: keep it so (no float32 copy)
         return y.reshape(*lead, self.out_features)

@@ -1,0 +1,134 @@
+"""The forward of a row-block layer in storage order (cpp_ext.spmm_storage with the layout's storage walk).
+
+Invariants: the walk holds each storage position's (column, row); the kernel matches a float64 dense
+reference on random shapes (empty rows, a single weight, odd sizes, a partial batch tile, blocks of one row
+and blocks larger than the layer) and is bitwise the CSR walk's result; a layer uses it only where the policy
+says (float32/float64 blocks that reuse their gathered rows, or SPARSETRAIN_CPU_STORAGE_WALK); it is
+rebuilt after a topology change; bad input is refused with a message naming what is wrong.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sparsetrain import kernels, rng
+from sparsetrain.errors import ConfigError
+from sparsetrain.kernels import backend, cpp_ext
+from sparsetrain.layout import CompressedLayout, random_linear_indices
+from sparsetrain.nn import SparseLinear
+
+
+def _blocked(n_rows, n_cols, nnz, block_rows, index_dtype=torch.int32, seed=0, empty_rows=()):
+    """(crow, col, row, slots, walk) of a random CSR stored in row blocks."""
+    lin = random_linear_indices((n_rows, n_cols), nnz, torch.Generator().manual_seed(seed))
+    keep = ~torch.isin(lin // n_cols, torch.tensor(list(empty_rows), dtype=torch.long))
+    lin = lin[keep]
+    row, col = (lin // n_cols).to(index_dtype), (lin % n_cols).to(index_dtype)
+    crow = kernels.rows_to_crow(row, n_rows)
+    _, _, _, slots = kernels.transpose_blocked(crow, col, n_cols, block_rows)
+    return crow, col, row, slots, cpp_ext.storage_walk(crow, col, slots, block_rows)
+
+
+CASES = [  # (n_rows, n_cols, nnz, block_rows, R, empty rows)
+    (37, 23, 300, 3, 37, (5, 6, 7, 8)),
+    (1, 1, 1, 1, 1, ()),            # a single active weight
+    (45, 70, 630, 4, 130, ()),      # R = 130: a full float32 tile and a partial one
+    (16, 9, 40, 64, 33, (0, 15)),   # one block larger than the layer
+    (50, 31, 700, 1, 16, (10,)),    # blocks of one row
+    (8, 5, 0, 2, 4, ()),            # no active weight
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64], ids=str)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}x{c[1]}-nnz{c[2]}-b{c[3]}-R{c[4]}")
+def test_spmm_storage_matches_the_dense_reference(case, index_dtype, dtype):
+    n_rows, n_cols, nnz, block_rows, R, empty = case
+    crow, col, row, slots, walk = _blocked(n_rows, n_cols, nnz, block_rows, index_dtype, empty_rows=empty)
+    g = torch.Generator().manual_seed(1)
+    csr_values = torch.randn(col.numel(), generator=g).to(dtype)
+    stored = kernels.scatter_permuted(csr_values, slots)  # the values in storage order
+    x_fm = torch.randn(n_cols, R, generator=g).to(dtype)
+    got = cpp_ext.spmm_storage(crow, walk, stored, x_fm, block_rows)
+    dense = torch.zeros(n_rows, n_cols, dtype=torch.float64)
+    dense[row.long(), col.long()] = csr_values.double()
+    expected = dense @ x_fm.double()
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2e-2}[dtype]
+    assert got.dtype == dtype and got.shape == (n_rows, R)
+    assert torch.allclose(got.double(), expected, atol=tol * max(1.0, expected.abs().max().item()), rtol=tol)
+    # a row's entries are summed in column order, as by the CSR walk: bitwise its result
+    assert torch.equal(got, cpp_ext.spmm(crow, col, csr_values, x_fm, n_cols))
+
+
+def test_the_walk_holds_each_storage_positions_coordinates():
+    crow, col, row, slots, walk = _blocked(37, 23, 300, 3, empty_rows=(5, 6))
+    assert walk.shape == (col.numel(), 2) and walk.dtype == col.dtype
+    assert torch.equal(walk[slots.long(), 0], col) and torch.equal(walk[slots.long(), 1], row)
+
+
+def _layer(monkeypatch, walk_setting, n=48, sparsity=0.5, value_block="4"):
+    monkeypatch.setenv("SPARSETRAIN_CPU_VALUE_BLOCK", value_block)
+    monkeypatch.setenv("SPARSETRAIN_CPU_STORAGE_WALK", walk_setting)
+    return SparseLinear(n, n, sparsity=sparsity, bias=False, generator=rng.generator(0, 2))
+
+
+def test_the_policy_picks_reusing_float_blocks(monkeypatch):
+    monkeypatch.setenv(backend.ENV_VAR, "cpp")
+    # blocks of 4 rows at density 0.5 use each gathered row 2 times: enough
+    layer = _layer(monkeypatch, "auto")
+    walk, block_rows = layer.layout.storage_walk()
+    assert block_rows == 4 and walk.shape == (layer.nnz, 2)
+    assert layer.layout.storage_walk() is not None and layer.layout.storage_walk()[0] is walk  # cached
+    assert layer.layout.storage_walk(torch.bfloat16) is None  # bfloat16 keeps the CSR walk
+    assert _layer(monkeypatch, "auto", sparsity=0.75).layout.storage_walk() is None  # 1 use per block
+    assert _layer(monkeypatch, "1", sparsity=0.75).layout.storage_walk(torch.bfloat16) is not None  # forced
+    assert _layer(monkeypatch, "0").layout.storage_walk() is None
+    assert _layer(monkeypatch, "1", value_block="0").layout.storage_walk() is None  # CSR order: nothing to walk
+    monkeypatch.setenv(backend.ENV_VAR, "torch")
+    assert _layer(monkeypatch, "1").layout.storage_walk() is None  # only our CPU kernels walk it
+    monkeypatch.setenv("SPARSETRAIN_CPU_STORAGE_WALK", "auto")
+    assert cpp_ext.storage_walk_pays(16384, 16384, 5368709, 200, torch.float32)    # 98 %: 4 uses
+    assert not cpp_ext.storage_walk_pays(65536, 65536, 64 * 65536, 1024, torch.float32)  # fan-in 64: 1 use
+
+
+@pytest.mark.parametrize("walk_setting", ["0", "1"])
+def test_forward_after_a_topology_change_uses_the_new_walk(monkeypatch, walk_setting):
+    monkeypatch.setenv(backend.ENV_VAR, "cpp")
+    layer = _layer(monkeypatch, walk_setting)
+    layout = layer.layout
+    x = torch.randn(9, 48, generator=torch.Generator().manual_seed(3))
+    layer(x)
+    old = layout.storage_walk()
+    inactive = torch.ones(48 * 48, dtype=torch.bool)
+    inactive[layout.linear_indices()] = False
+    grow = torch.nonzero(inactive).flatten()[:20]
+    layout.replace(torch.arange(0, 40, 2), torch.stack((grow // 48, grow % 48), dim=1))
+    new = layout.storage_walk()
+    assert (old is None) == (new is None) == (walk_setting == "0")
+    if new is not None:
+        fresh = cpp_ext.storage_walk(layout.crow, layout.col, layout.slots(), layout.block_rows)
+        assert torch.equal(new[0], fresh) and layout.index_bytes() >= fresh.numel() * fresh.element_size()
+    expected = x.double() @ layer.dense_weight().double().t()
+    assert torch.allclose(layer(x).double(), expected, atol=1e-5)
+
+
+def test_bad_walks_and_settings_are_refused(monkeypatch):
+    crow, col, row, slots, walk = _blocked(37, 23, 300, 3)
+    values, x_fm = torch.randn(col.numel()), torch.randn(23, 8)
+    bad = walk.clone()
+    bad[7, 0] = 23
+    with pytest.raises(ValueError, match=r"walk has a column outside \[0, 23\) or a row outside its block"):
+        cpp_ext.spmm_storage(crow, bad, values, x_fm, 3)
+    bad = walk.clone()
+    bad[int(crow[3]), 1] = 0  # an entry of rows 3..5 claims row 0
+    with pytest.raises(ValueError, match="or a row outside its block"):
+        cpp_ext.spmm_storage(crow, bad, values, x_fm, 3)
+    with pytest.raises(ValueError, match="block_rows must be >= 1, got 0"):
+        cpp_ext.spmm_storage(crow, walk, values, x_fm, 0)
+    with pytest.raises(ValueError, match=r"walk must have shape \(300, 2\), got \(299, 2\)"):
+        kernels.spmm(crow, col, values, x_fm, 23, slots, (walk[:-1], 3))
+    with pytest.raises(ValueError, match="slots must map each block of 3 rows into its own CSR range"):
+        cpp_ext.storage_walk(crow, col, torch.flip(slots, (0,)).contiguous(), 3)
+    monkeypatch.setenv("SPARSETRAIN_CPU_STORAGE_WALK", "yes")
+    with pytest.raises(ConfigError, match=r"SPARSETRAIN_CPU_STORAGE_WALK='yes': allowed are 'auto', '1' .* or '0'"):
+        cpp_ext.storage_walk_pays(10, 10, 50, 2, torch.float32)
