@@ -1,10 +1,11 @@
-"""The forward of a row-block layer in storage order (cpp_ext.spmm_storage with the layout's storage walk).
+"""Row-block layers walked in storage order (cpp_ext.spmm_storage, grads_storage, the layout's storage walk).
 
-Invariants: the walk holds each storage position's (column, row); the kernel matches a float64 dense
-reference on random shapes (empty rows, a single weight, odd sizes, a partial batch tile, blocks of one row
-and blocks larger than the layer) and is bitwise the CSR walk's result; a layer uses it only where the policy
-says (float32/float64 blocks that reuse their gathered rows, or SPARSETRAIN_CPU_STORAGE_WALK); it is
-rebuilt after a topology change; bad input is refused with a message naming what is wrong.
+Invariants: the walk holds each storage position's (column, row); both kernels match a float64 dense
+reference on random shapes (empty rows, a single weight, odd sizes, a partial batch tile, blocks of one
+row and blocks larger than the layer) and are bitwise the results of the CSR walk (forward) and of the
+transposed walk (backward); a layer walks its storage only where the policy says (float32/float64 blocks
+that reuse their gathered rows, or SPARSETRAIN_CPU_STORAGE_WALK); the walk is rebuilt after a topology
+change; bad input is refused with a message naming what is wrong.
 """
 from __future__ import annotations
 
@@ -58,6 +59,33 @@ def test_spmm_storage_matches_the_dense_reference(case, index_dtype, dtype):
     assert torch.allclose(got.double(), expected, atol=tol * max(1.0, expected.abs().max().item()), rtol=tol)
     # a row's entries are summed in column order, as by the CSR walk: bitwise its result
     assert torch.equal(got, cpp_ext.spmm(crow, col, csr_values, x_fm, n_cols))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64], ids=str)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}x{c[1]}-nnz{c[2]}-b{c[3]}-R{c[4]}")
+def test_grads_storage_match_the_dense_reference(case, index_dtype, dtype):
+    n_rows, n_cols, nnz, block_rows, R, empty = case
+    crow, col, row, slots, walk = _blocked(n_rows, n_cols, nnz, block_rows, index_dtype, empty_rows=empty)
+    perm, ccol, row_t, _ = kernels.transpose_blocked(crow, col, n_cols, block_rows)
+    g = torch.Generator().manual_seed(2)
+    csr_values = torch.randn(col.numel(), generator=g).to(dtype)
+    stored = kernels.scatter_permuted(csr_values, slots)
+    gy_fm, x_fm = torch.randn(n_rows, R, generator=g).to(dtype), torch.randn(n_cols, R, generator=g).to(dtype)
+    grad_x, grad_values = cpp_ext.grads_storage(crow, walk, ccol, stored, gy_fm, x_fm, block_rows)
+    dense = torch.zeros(n_rows, n_cols, dtype=torch.float64)
+    dense[row.long(), col.long()] = csr_values.double()
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5}[dtype]
+    expected_x = dense.t() @ gy_fm.double()
+    expected_v = (gy_fm.double()[row.long()] * x_fm.double()[col.long()]).sum(1)
+    assert grad_x.shape == (n_cols, R) and grad_values.shape == (col.numel(),)
+    assert torch.allclose(grad_x.double(), expected_x, atol=tol * max(1.0, expected_x.abs().max().item()), rtol=tol)
+    assert torch.allclose(grad_values[slots.long()].double(), expected_v, atol=tol * max(1.0, R), rtol=tol)
+    # rows of a column in ascending order, as the transposed walk sums them: bitwise its results
+    ref_x, ref_v = kernels.linear_grads(crow, col, stored, gy_fm, x_fm, (ccol, row_t, perm), slots)
+    assert torch.equal(grad_x, ref_x) and torch.equal(grad_values, ref_v)
+    only_x, only_v = cpp_ext.grads_storage(crow, walk, ccol, stored, gy_fm, x_fm, block_rows, False)
+    assert only_x.numel() == 0 and torch.equal(only_v, ref_v)
 
 
 def test_the_walk_holds_each_storage_positions_coordinates():
@@ -127,6 +155,19 @@ def test_bad_walks_and_settings_are_refused(monkeypatch):
         cpp_ext.spmm_storage(crow, walk, values, x_fm, 0)
     with pytest.raises(ValueError, match=r"walk must have shape \(300, 2\), got \(299, 2\)"):
         kernels.spmm(crow, col, values, x_fm, 23, slots, (walk[:-1], 3))
+    _, ccol, _, _ = kernels.transpose_blocked(crow, col, 23, 3)
+    gy_fm = torch.randn(37, 8)
+    bad = walk.clone()
+    bad[int(crow[3]), 1] = 0
+    with pytest.raises(ValueError, match="grads_storage: walk has a row outside its block or columns not ascending"):
+        cpp_ext.grads_storage(crow, bad, ccol, values, gy_fm, x_fm, 3)
+    bad = walk.clone()
+    first, last = int(crow[0]), int(crow[3]) - 1  # block 0's first and last entries swapped: columns descend
+    bad[[first, last]] = bad[[last, first]]
+    with pytest.raises(ValueError, match="columns not ascending inside a block"):
+        cpp_ext.grads_storage(crow, bad, ccol, values, gy_fm, x_fm, 3)
+    with pytest.raises(ValueError, match="grads_storage takes float32 or float64, got BFloat16"):
+        cpp_ext.grads_storage(crow, walk, ccol, values.bfloat16(), gy_fm.bfloat16(), x_fm.bfloat16(), 3)
     with pytest.raises(ValueError, match="slots must map each block of 3 rows into its own CSR range"):
         cpp_ext.storage_walk(crow, col, torch.flip(slots, (0,)).contiguous(), 3)
     monkeypatch.setenv("SPARSETRAIN_CPU_STORAGE_WALK", "yes")

@@ -81,9 +81,7 @@ def spmm(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, dense_fm: 
         return impl.spmm(crow, col, values, dense_fm, n_cols)
     if impl is cpp_ext:
         if walk is not None:
-            pairs, block_rows = walk
-            if pairs.shape != (col.numel(), 2):
-                raise ValueError(f"walk must have shape ({col.numel()}, 2), got {tuple(pairs.shape)}")
+            pairs, block_rows = _checked_walk(walk, col)
             return cpp_ext.spmm_storage(crow, pairs, values, dense_fm, block_rows)
         return cpp_ext.spmm_permuted(crow, col, values, slots, dense_fm)
     return impl.spmm(crow, col, values.index_select(0, slots), dense_fm, n_cols)
@@ -106,21 +104,40 @@ def spmm_transposed(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor,
 
 
 def linear_grads(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, gy_fm: torch.Tensor,
-                 x_fm: torch.Tensor, transposed: Transposed,
-                 slots: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both gradients of y = W x: (Wᵀ gy_fm, gy·xᵀ at W's entries) = (:func:`spmm_transposed`, :func:`sddmm`).
+                 x_fm: torch.Tensor, transposed: Transposed, slots: torch.Tensor | None = None,
+                 walk: tuple[torch.Tensor, int] | None = None,
+                 input_grad: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Both gradients of y = W x: (Wᵀ gy_fm, gy·xᵀ at W's entries) = (:func:`spmm_transposed`, :func:`sddmm`);
+    with ``input_grad=False`` only the second (the first is None).
 
     Our CPU kernel computes them in one walk of the transposed CSR, gathering each entry's gy row once for
     both; other backends make the two calls. With ``slots`` (row-block value storage: ``perm_t`` then holds
-    storage positions) the value gradient comes back in the values' own storage order.
+    storage positions) the value gradient comes back in the values' own storage order. With ``walk`` (the
+    layout's ``storage_walk()``) our CPU kernel walks float32/float64 values in storage order instead
+    (``cpp_ext.grads_storage``, bitwise the same result); otherwise it is ignored.
     """
     _check_pair(gy_fm, x_fm)
     impl = implementation(gy_fm.device, gy_fm.dtype)
+    if impl is cpp_ext and walk is not None and gy_fm.dtype in (torch.float32, torch.float64):
+        ccol, _, _ = _checked_transposed(crow, col, values, gy_fm, x_fm.shape[0], transposed)
+        pairs, block_rows = _checked_walk(walk, col)
+        grad_x, grad_values = cpp_ext.grads_storage(crow, pairs, ccol, values, gy_fm, x_fm, block_rows, input_grad)
+        return (grad_x if input_grad else None), grad_values
+    if not input_grad:  # the transposed CSR is not needed (a first layer never builds it in CSR order)
+        return None, to_storage(sddmm(crow, col, gy_fm, x_fm), slots)
     if impl is not cpp_ext:
         return (spmm_transposed(crow, col, values, gy_fm, x_fm.shape[0], transposed),
                 to_storage(sddmm(crow, col, gy_fm, x_fm), slots))
     ccol, row_t, perm_t = _checked_transposed(crow, col, values, gy_fm, x_fm.shape[0], transposed)
     return cpp_ext.grads_transposed(ccol, row_t, perm_t, values, gy_fm, x_fm)
+
+
+def _checked_walk(walk: tuple[torch.Tensor, int], col: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """A layout's storage walk (pairs, block_rows), after checking its shape against the CSR."""
+    pairs, block_rows = walk
+    if pairs.shape != (col.numel(), 2):
+        raise ValueError(f"walk must have shape ({col.numel()}, 2), got {tuple(pairs.shape)}")
+    return pairs, block_rows
 
 
 def to_storage(slot_ordered: torch.Tensor, slots: torch.Tensor | None) -> torch.Tensor:

@@ -280,6 +280,18 @@ def spmm_storage(crow: torch.Tensor, walk: torch.Tensor, values: torch.Tensor, d
                                accumulator_tile(dense_fm))
 
 
+def grads_storage(crow: torch.Tensor, walk: torch.Tensor, ccol: torch.Tensor, values: torch.Tensor,
+                  gy_fm: torch.Tensor, x_fm: torch.Tensor, block_rows: int,
+                  input_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad_x_fm, grad_values in storage order) of a float32/float64 row-block layer walked in storage
+    order (``grad_x_fm`` empty without ``input_grad``): each block's gy rows stay in L2 while its column runs
+    use them, where :func:`grads_transposed` gathers a random gy row per entry; bitwise its results."""
+    gy_fm, x_fm = gy_fm.contiguous(), x_fm.contiguous()
+    return tuple(load().grads_storage(crow.contiguous(), walk, ccol.to(walk.dtype).contiguous(),  # type: ignore[return-value]
+                                      values.contiguous(), gy_fm, x_fm, block_rows, accumulator_tile(x_fm),
+                                      input_grad))
+
+
 def storage_walk(crow: torch.Tensor, col: torch.Tensor, slots: torch.Tensor, block_rows: int) -> torch.Tensor:
     """(nnz, 2) (column, row) of each storage position of a row-block layout, from its CSR and ``slots``."""
     return load().storage_walk(crow.contiguous(), col.contiguous(), slots.contiguous(), block_rows)

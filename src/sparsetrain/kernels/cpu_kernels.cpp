@@ -631,6 +631,109 @@ void grads_transposed_impl(const I* ccol, const I* pairs, const T* val, const T*
   });
 }
 
+// acc += a * g (kInput) and the dot <xt, g>, loading g's tile once (Tile::axpy then Tile::dot load it twice):
+// the same operations in the same order as those two, so bitwise their results.
+template <bool kInput, typename T, int W>
+inline acc_t<T> axpy_dot(Tile<T, W>& acc, acc_t<T> a, const T* g, const Tile<T, W>& xt) {
+  using Tl = Tile<T, W>;
+  using V = typename Tl::V;
+  const V va = V{} + a;
+  V s = V{};
+#pragma GCC unroll 8
+  for (int q = 0; q < Tl::kChunks; ++q) {
+    V t[Tl::kPer];
+    Tl::L::load(g + q * Tl::L::kElements, t);
+    for (int k = 0; k < Tl::kPer; ++k) {
+      if constexpr (kInput) acc.v[q * Tl::kPer + k] += va * t[k];
+      if (q == 0 && k == 0) s = xt.v[0] * t[0];
+      else s += xt.v[q * Tl::kPer + k] * t[k];
+    }
+  }
+  return Tl::sum_lanes(s);
+}
+
+// The backward of a row-block layer walked in storage order (float32/float64: sums as wide as T). Each of
+// kChunksPerThread x threads ranges of input features (balanced by entries; one thread each) walks the blocks
+// in order and, inside a block, its own columns' runs: a run of column j loads x[j] and grad_x[j]'s sums into
+// registers once, and each entry adds val * gy[row] to them (kInput) and writes its value gradient
+// <gy[row], x[j]> in storage order — the gy rows of a block (a few hundred) stay in L2 while its runs use
+// them, where the transposed walk gathers a random gy row from L3 per entry. Entries of a column are summed
+// in row order as by that walk, and grad_x starts at zero: bitwise grads_transposed_impl's results.
+// Returns false unless the walk's rows stay inside their blocks and every entry was reached (columns
+// ascending inside each block), i.e. unless the walk is storage_walk's.
+template <typename T, typename I, int W, bool kInput>
+bool grads_storage_impl(const I* crow, const I* walk, const I* ccol, const T* val, const T* gy, const T* x, T* grad_x,
+                        T* grad_val, int64_t n_out, int64_t n_in, int64_t R, int64_t block_rows) {
+  static_assert(std::is_same_v<T, acc_t<T>>, "sums as wide as T only");
+  using C = acc_t<T>;
+  const int64_t nnz = crow[n_out], n_blocks = (n_out + block_rows - 1) / block_rows;
+  const int nt = team_size(nnz * R);
+  const int64_t n_ranges = std::max<int64_t>(1, std::min<int64_t>(n_in, int64_t(nt) * kChunksPerThread));
+  const std::vector<int64_t> bounds = balanced_row_chunks(ccol, n_in, n_ranges);
+  std::atomic<int64_t> reached{0};
+  std::atomic<bool> bad{false};
+#pragma omp parallel num_threads(nt)
+  for (int64_t r0 = 0; r0 < R; r0 += W) {
+    const int64_t w = std::min<int64_t>(W, R - r0);
+    const bool accumulate = r0 > 0;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t k = 0; k < n_ranges; ++k) {
+      const int64_t j_lo = bounds[k], j_hi = bounds[k + 1];
+      int64_t count = 0;
+      bool inside = true;
+      for (int64_t b = 0; b < n_blocks; ++b) {
+        const int64_t lo = b * block_rows, hi = std::min(n_out, lo + block_rows), end = crow[hi];
+        const uint64_t rows = static_cast<uint64_t>(hi - lo);
+        int64_t p = crow[lo], e = end;  // the block's first entry of a column >= j_lo
+        while (p < e) {
+          const int64_t m = (p + e) / 2;
+          if (static_cast<int64_t>(walk[2 * m]) < j_lo) p = m + 1; else e = m;
+        }
+        while (p < end) {
+          const int64_t j = walk[2 * p];
+          if (j >= j_hi || j < j_lo) break;
+          const int64_t first = p;
+          T* o = grad_x + j * R + r0;
+          const T* xj = x + j * R + r0;
+          auto row_of = [&](int64_t q) {
+            uint64_t at = static_cast<uint64_t>(walk[2 * q + 1] - lo);
+            inside &= at < rows;
+            return lo + static_cast<int64_t>(at < rows ? at : 0);
+          };
+          if (w == W) {
+            Tile<T, W> acc, xt;
+            if constexpr (kInput) acc.load(o);
+            xt.load(xj);
+            do {
+              const C d = axpy_dot<kInput>(acc, kInput ? C(val[p]) : C(0), gy + row_of(p) * R + r0, xt);
+              grad_val[p] = accumulate ? T(grad_val[p] + d) : T(d);
+            } while (++p < end && walk[2 * p] == j);
+            if constexpr (kInput) acc.store(o);
+          } else {
+            C gx[W];
+            if constexpr (kInput) for (int64_t q = 0; q < w; ++q) gx[q] = o[q];
+            do {
+              const T* g = gy + row_of(p) * R + r0;
+              const C v = val[p];
+              C d = 0;
+              for (int64_t q = 0; q < w; ++q) {
+                if constexpr (kInput) gx[q] += v * C(g[q]);
+                d += C(xj[q]) * C(g[q]);
+              }
+              grad_val[p] = accumulate ? T(grad_val[p] + d) : T(d);
+            } while (++p < end && walk[2 * p] == j);
+            if constexpr (kInput) for (int64_t q = 0; q < w; ++q) o[q] = T(gx[q]);
+          }
+          count += p - first;
+        }
+      }
+      if (!inside) bad = true;
+      if (r0 == 0) reached += count;
+    }
+  }
+  return !bad && reached == nnz;
+}
+
 // The region [i_lo, i_hi) x [j_lo, j_hi) of dst (cols, rows) = src (rows, cols) transposed, both contiguous:
 // square tiles small enough that a tile's source and destination lines stay in L1, tiles split over threads.
 template <typename T>
@@ -950,6 +1053,57 @@ std::tuple<torch::Tensor, torch::Tensor> grads_transposed(torch::Tensor ccol, to
       });
     });
   });
+  return {grad_x, grad_values};
+}
+
+// (grad_x (n_in, R) or an empty tensor, grad_values (nnz) in storage order) of a row-block layer, float32 or
+// float64, walked in storage order (grads_storage_impl); walk as for spmm_storage, ccol its column pointers.
+std::tuple<torch::Tensor, torch::Tensor> grads_storage(torch::Tensor crow, torch::Tensor walk, torch::Tensor ccol,
+                                                       torch::Tensor values, torch::Tensor gy_fm, torch::Tensor x_fm,
+                                                       int64_t block_rows, int64_t tile_bytes, bool input_grad) {
+  check_dense(gy_fm, "gy_fm");
+  check_dense(x_fm, "x_fm");
+  TORCH_CHECK_VALUE(x_fm.scalar_type() == torch::kFloat32 || x_fm.scalar_type() == torch::kFloat64,
+                    "grads_storage takes float32 or float64, got ", x_fm.scalar_type());
+  TORCH_CHECK(gy_fm.scalar_type() == x_fm.scalar_type() && values.scalar_type() == x_fm.scalar_type(),
+              "values, gy_fm and x_fm must have one dtype");
+  TORCH_CHECK(gy_fm.size(1) == x_fm.size(1), "gy_fm and x_fm must have the same number of columns R");
+  TORCH_CHECK(values.dim() == 1 && values.is_contiguous(), "values must be 1-D contiguous");
+  TORCH_CHECK(crow.dim() == 1 && crow.is_contiguous() && ccol.dim() == 1 && ccol.is_contiguous() && walk.dim() == 2 &&
+                  walk.size(1) == 2 && walk.is_contiguous() && crow.scalar_type() == walk.scalar_type() &&
+                  ccol.scalar_type() == walk.scalar_type() &&
+                  (walk.scalar_type() == torch::kInt32 || walk.scalar_type() == torch::kInt64),
+              "crow, ccol and walk must be contiguous int32 or int64 of one dtype, walk of shape (nnz, 2)");
+  TORCH_CHECK_VALUE(block_rows >= 1, "block_rows must be >= 1, got ", block_rows);
+  const int64_t n_out = gy_fm.size(0), n_in = x_fm.size(0), R = x_fm.size(1), nnz = walk.size(0);
+  TORCH_CHECK(crow.numel() == n_out + 1, "crow must have n_out + 1 = ", n_out + 1, " elements, got ", crow.numel());
+  TORCH_CHECK(ccol.numel() == n_in + 1, "ccol must have n_in + 1 = ", n_in + 1, " elements, got ", ccol.numel());
+  TORCH_CHECK(values.numel() == nnz, "values must have one element per entry (", nnz, ")");
+  auto grad_x = input_grad ? torch::zeros({n_in, R}, x_fm.options()) : torch::empty({0}, x_fm.options());
+  auto grad_values = torch::empty({nnz}, x_fm.options());
+  if (R == 0 || nnz == 0) return {grad_x, grad_values.zero_()};
+  bool ok = true;
+  AT_DISPATCH_FLOATING_TYPES(x_fm.scalar_type(), "sparsetrain_grads_storage", [&] {
+    using T = scalar_t;
+    dispatch_index(walk, [&](auto index_tag) {
+      using I = decltype(index_tag);
+      TORCH_CHECK_VALUE(static_cast<int64_t>(crow.data_ptr<I>()[n_out]) == nnz &&
+                            static_cast<int64_t>(ccol.data_ptr<I>()[n_in]) == nnz,
+                        "crow[-1] and ccol[-1] must equal nnz (", nnz, ")");
+      with_tile<T>(tile_bytes, [&](auto wc) {
+        constexpr int W = decltype(wc)::value;
+        auto run = [&](auto input) {
+          ok = grads_storage_impl<T, I, W, decltype(input)::value>(
+              crow.data_ptr<I>(), walk.data_ptr<I>(), ccol.data_ptr<I>(), values.data_ptr<T>(), gy_fm.data_ptr<T>(),
+              x_fm.data_ptr<T>(), input_grad ? grad_x.data_ptr<T>() : nullptr, grad_values.data_ptr<T>(), n_out, n_in,
+              R, block_rows);
+        };
+        if (input_grad) run(std::true_type{}); else run(std::false_type{});
+      });
+    });
+  });
+  TORCH_CHECK_VALUE(ok, "grads_storage: walk has a row outside its block or columns not ascending inside a block "
+                    "(build it with storage_walk)");
   return {grad_x, grad_values};
 }
 
@@ -2682,6 +2836,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sddmm", &sddmm, "SDDMM at CSR (coo=false) or COO (coo=true) coordinates");
   m.def("spmm_storage", &spmm_storage, "SpMM of a row-block layout walked in storage order (its storage walk)");
   m.def("storage_walk", &storage_walk, "(column, row) of each storage position of a row-block layout");
+  m.def("grads_storage", &grads_storage, "(grad_x, grad_values) of a row-block layer walked in storage order");
   m.def("grads_transposed", &grads_transposed, "(grad_x, grad_values) of a CSR layer from one walk of its transposed CSR");
   m.def("transpose", &transpose, "contiguous transpose of a contiguous 2-D tensor (cache-blocked, parallel)");
   m.def("transpose_order", &transpose_order, "stable counting sort of column indices: (perm, ccol)");

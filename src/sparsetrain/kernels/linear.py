@@ -17,7 +17,7 @@ class _SparseLinear(torch.autograd.Function):
 
         x_fm = feature_major(x)  # free when x is itself a transposed feature-major view
         ctx.save_for_backward(x_fm, values)
-        ctx.index = (crow, col, transposed, slots)
+        ctx.index = (crow, col, transposed, slots, walk)
         ctx.n_in = n_in
         ctx.observer = observer
         # A leaf input's gradient is stored in the input's own layout (autograd copies it otherwise):
@@ -27,18 +27,17 @@ class _SparseLinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        from . import feature_major, linear_grads, sddmm, spmm_transposed, to_storage
+        from . import feature_major, linear_grads, spmm_transposed
 
         x_fm, values = ctx.saved_tensors
-        crow, col, transposed, slots = ctx.index
+        crow, col, transposed, slots, walk = ctx.index
         gy_fm = feature_major(grad_out)
         grad_x = grad_x_fm = grad_values = None
-        if ctx.needs_input_grad[0] and ctx.needs_input_grad[1]:  # one walk for both where a backend fuses them
-            grad_x_fm, grad_values = linear_grads(crow, col, values, gy_fm, x_fm, transposed, slots)
+        if ctx.needs_input_grad[1]:  # with the input's gradient: one walk for both where a backend fuses them
+            grad_x_fm, grad_values = linear_grads(crow, col, values, gy_fm, x_fm, transposed, slots, walk,
+                                                  input_grad=ctx.needs_input_grad[0])
         elif ctx.needs_input_grad[0]:
             grad_x_fm = spmm_transposed(crow, col, values, gy_fm, ctx.n_in, transposed)
-        elif ctx.needs_input_grad[1]:
-            grad_values = to_storage(sddmm(crow, col, gy_fm, x_fm), slots)
         if grad_x_fm is not None:
             grad_x = feature_major(grad_x_fm) if ctx.batch_major_grad else grad_x_fm.t()
         if ctx.observer is not None:
