@@ -205,7 +205,8 @@ def _value_storage_line() -> str:
     except ConfigError as exc:
         return f"invalid: {exc}"
     if forced is None:
-        return (f"row blocks of ~{cpp_ext.VALUE_BLOCK_BYTES // 1024} KiB for CPU layers with >= "
+        return (f"row blocks of ~{cpp_ext.VALUE_BLOCK_BYTES // 1024} KiB ({cpp_ext.WALKED_BLOCK_SCALE}x, at most "
+                f"{cpp_ext.WALKED_BLOCK_MAX_ROWS} rows, where they walk their storage order) for CPU layers with >= "
                 f"{cpp_ext.L3_BYTES // cpp_ext.VALUE_BLOCK_L3_FRACTION // 2**20} MiB of values "
                 f"(1/{cpp_ext.VALUE_BLOCK_L3_FRACTION} of L3), else CSR order "
                 "(SPARSETRAIN_CPU_VALUE_BLOCK=auto)")

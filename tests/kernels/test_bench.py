@@ -88,10 +88,12 @@ def test_dtype_ab_quick(tmp_path, monkeypatch):
 
 def test_value_block_ab_quick(tmp_path, monkeypatch):
     monkeypatch.setenv("SPARSETRAIN_CPU_VALUE_BLOCK", "0")  # the script sets its own storages and restores this
+    monkeypatch.delenv("SPARSETRAIN_CPU_STORAGE_WALK", raising=False)
     data = _run_script("value_block_ab.py", ["--quick", "--rounds", "1"], tmp_path / "vb.json", monkeypatch)
     (row,) = data["rows"]
-    assert row["block_rows"] == 16 and row["csr_median_s"] > 0 and row["blocked_median_s"] > 0
-    assert os.environ["SPARSETRAIN_CPU_VALUE_BLOCK"] == "0"
+    assert row["block_rows"] == 16 and all(row[f"{v}_median_s"] > 0 for v in ("csr", "slots", "walk"))
+    assert row["walk_by_default"] is False  # fan-in 64 at 2048 columns: a 16-row block uses a row 0.5 times
+    assert os.environ["SPARSETRAIN_CPU_VALUE_BLOCK"] == "0" and "SPARSETRAIN_CPU_STORAGE_WALK" not in os.environ
 
 
 def test_interleaved_runs_each_step_once_untimed_then_timed_per_round():

@@ -290,9 +290,16 @@ def test_auto_blocks_from_an_eighth_of_l3(monkeypatch):
     monkeypatch.setenv("SPARSETRAIN_CPU_VALUE_BLOCK", "auto")
     nnz = cpp_ext.L3_BYTES // 8 // 4  # float32 values filling an eighth of L3
     rows = nnz // 64                   # fan-in 64: blocks of VALUE_BLOCK_BYTES / 256 B rows
-    assert cpp_ext.value_block_rows(rows, nnz, 4) == cpp_ext.VALUE_BLOCK_BYTES // 256
-    assert cpp_ext.value_block_rows(rows, nnz - 1, 4) == 0
-    assert cpp_ext.value_block_rows(10, nnz, 4) == 1  # rows longer than a block: one row per block
+    wide = 1 << 20  # columns enough that a block of 1024 rows uses a gathered row less than twice
+    assert cpp_ext.value_block_rows(rows, wide, nnz, torch.float32) == cpp_ext.VALUE_BLOCK_BYTES // 256
+    assert cpp_ext.value_block_rows(rows, wide, nnz - 1, torch.float32) == 0
+    assert cpp_ext.value_block_rows(10, wide, nnz, torch.float32) == 1  # rows longer than a block: one row per block
+    # a layer whose blocks walk their storage order gets blocks 4x larger, at most 2048 rows
+    assert cpp_ext.value_block_rows(16384, 16384, 5368709, torch.float32) == 800  # 98 %: 200 rows x 4
+    assert cpp_ext.value_block_rows(16384, 16384, 1342177, torch.float32) == 2048  # 99.5 %: 809 x 4, capped
+    assert cpp_ext.value_block_rows(16384, 16384, 5368709, torch.bfloat16) == 400  # bfloat16 does not walk
+    monkeypatch.setenv("SPARSETRAIN_CPU_STORAGE_WALK", "0")  # the block size follows the default policy only
+    assert cpp_ext.value_block_rows(16384, 16384, 5368709, torch.float32) == 800
     assert CompressedLayout((4, 4), random_linear_indices((4, 4), 5)).value_block.item() == 0
 
 

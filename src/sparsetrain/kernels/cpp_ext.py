@@ -71,6 +71,14 @@ VALUE_BLOCK_L3_FRACTION = 8  # values of at least L3 / 8 (4 MiB of a 32 MiB L3) 
 # and 262144 (0.25) 262 -> 480 ms; bfloat16 at 90 % 92 -> 110 ms (its sums are float32: twice the bytes of
 # its gathered rows), so bfloat16 keeps the CSR walk. SPARSETRAIN_CPU_STORAGE_WALK = auto | 1 | 0 forces it.
 STORAGE_WALK_REUSE = 2
+# A layer whose blocks walk their storage order takes larger blocks (value_block_rows): the more rows a block
+# has, the more often its walk reuses a gathered row (in registers) and a gy row (in L2); the cap keeps the
+# forward's sums of a block (rows x 512 bytes) within L2. Measured, float32 layer step, slots / storage walk,
+# ms (eighth session): 16384² at 90 % with 40 rows 274 / 288, 160 rows 291 / 227, 640: 254 / 217, 1024:
+# 277 / 232; at 98 % 200 rows 84.4 / 67.6, 800: 85.5 / 58.4; at 99.5 % 809 rows 27.2 / 24.2, 2048: 23.5 /
+# 19.4; fan-in 64 at 16384 1024 rows 23.5 / 22.2, 2048: 25.5 / 19.9.
+WALKED_BLOCK_SCALE = 4
+WALKED_BLOCK_MAX_ROWS = 2048
 
 _lock = threading.Lock()
 _module: ModuleType | None = None
@@ -180,16 +188,21 @@ def forced_value_block() -> int | None:
                    "rows per block")
 
 
-def value_block_rows(n_rows: int, nnz: int, element_size: int) -> int:
-    """Rows per value block for a new CPU layout of ``nnz`` values in ``n_rows`` rows (0: CSR order): once the
-    values take an eighth of L3 or more (VALUE_BLOCK_L3_FRACTION), blocks of about VALUE_BLOCK_BYTES of
-    values; or what SPARSETRAIN_CPU_VALUE_BLOCK forces."""
+def value_block_rows(n_rows: int, n_cols: int, nnz: int, dtype: torch.dtype) -> int:
+    """Rows per value block for a new CPU layout of ``nnz`` values of ``dtype`` in ``n_rows`` x ``n_cols``
+    (0: CSR order): once the values take an eighth of L3 or more (VALUE_BLOCK_L3_FRACTION), blocks of about
+    VALUE_BLOCK_BYTES of values, WALKED_BLOCK_SCALE times that (at most WALKED_BLOCK_MAX_ROWS rows) where such
+    blocks would walk their storage order (storage_walk_pays); or what SPARSETRAIN_CPU_VALUE_BLOCK forces."""
     forced = forced_value_block()
     if forced is not None:
         return forced
+    element_size = torch.empty(0, dtype=dtype).element_size()
     if nnz * element_size < L3_BYTES // VALUE_BLOCK_L3_FRACTION or n_rows == 0:
         return 0
-    return max(1, min(n_rows, VALUE_BLOCK_BYTES // (max(1, nnz // n_rows) * element_size)))
+    rows = max(1, min(n_rows, VALUE_BLOCK_BYTES // (max(1, nnz // n_rows) * element_size)))
+    if storage_walk_pays(n_rows, n_cols, nnz, rows, dtype, setting="auto"):
+        rows = max(rows, min(n_rows, WALKED_BLOCK_MAX_ROWS, rows * WALKED_BLOCK_SCALE))
+    return rows
 
 
 def mean_fan(crow: torch.Tensor) -> int:
@@ -297,12 +310,14 @@ def storage_walk(crow: torch.Tensor, col: torch.Tensor, slots: torch.Tensor, blo
     return load().storage_walk(crow.contiguous(), col.contiguous(), slots.contiguous(), block_rows)
 
 
-def storage_walk_pays(n_rows: int, n_cols: int, nnz: int, block_rows: int, dtype: torch.dtype) -> bool:
+def storage_walk_pays(n_rows: int, n_cols: int, nnz: int, block_rows: int, dtype: torch.dtype,
+                      setting: str | None = None) -> bool:
     """Whether a row-block layer's forward walks its storage order (:func:`spmm_storage`) rather than the CSR
     through its slots: for float32 and float64 values, when a block uses each gathered row
     STORAGE_WALK_REUSE times or more on average; never for bfloat16, whose float32 sums would move twice the
-    bytes of its gathered rows (measured slower); or what SPARSETRAIN_CPU_STORAGE_WALK forces (1 / 0)."""
-    setting = os.environ.get("SPARSETRAIN_CPU_STORAGE_WALK", "auto")
+    bytes of its gathered rows (measured slower); or what ``setting`` (default: SPARSETRAIN_CPU_STORAGE_WALK)
+    forces (1 / 0)."""
+    setting = setting or os.environ.get("SPARSETRAIN_CPU_STORAGE_WALK", "auto")
     if setting not in ("auto", "0", "1"):
         raise ConfigError(f"SPARSETRAIN_CPU_STORAGE_WALK={setting!r}: allowed are 'auto', '1' (always) or '0' (never)")
     if block_rows <= 0:

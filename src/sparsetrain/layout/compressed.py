@@ -93,7 +93,7 @@ class CompressedLayout(Layout):
         self.register_buffer("col", (lin % self.shape[1]).to(idx))
         if value_block is None:
             on_cpu = self.values.device.type == "cpu"
-            value_block = cpp_ext.value_block_rows(self.shape[0], self.nnz, self.values.element_size()) if on_cpu else 0
+            value_block = cpp_ext.value_block_rows(*self.shape, self.nnz, self.values.dtype) if on_cpu else 0
         if isinstance(value_block, bool) or not isinstance(value_block, int) or value_block < 0:
             raise ValueError(f"value_block must be an int >= 0 (rows per value block, 0: CSR order), got {value_block!r}")
         self.register_buffer("value_block", torch.tensor(value_block, dtype=torch.int64))
