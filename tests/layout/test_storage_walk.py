@@ -94,6 +94,22 @@ def test_the_walk_holds_each_storage_positions_coordinates():
     assert torch.equal(walk[slots.long(), 0], col) and torch.equal(walk[slots.long(), 1], row)
 
 
+@pytest.mark.parametrize("method", ["columns", "walk"])
+@pytest.mark.parametrize("name", ["cpp", "torch"])
+def test_the_transposes_write_the_same_walk(monkeypatch, name, method):
+    """transpose_blocked / transpose_after_merge with walk=True: the walk storage_walk builds from the slots."""
+    monkeypatch.setenv(backend.ENV_VAR, name)
+    crow, col, row, slots, walk = _blocked(37, 23, 300, 3, empty_rows=(5, 6))
+    *_, slots_t, walk_t = kernels.transpose_blocked(crow, col, 23, 3, method, walk=True)
+    assert torch.equal(slots_t, slots) and torch.equal(walk_t, walk)
+    assert torch.equal(kernels.storage_walk(crow, col, slots, 3), walk)
+    assert len(kernels.transpose_blocked(crow, col, 23, 3, method)) == 4  # no walk unless asked for
+    source = torch.arange(col.numel(), dtype=col.dtype)  # a merge that kept every entry
+    out = kernels.transpose_after_merge(crow, col, 23, 3, source, slots, [torch.randn(col.numel())], method,
+                                        walk=True)
+    assert len(out) == 7 and torch.equal(out[3], slots) and torch.equal(out[6], walk)
+
+
 def _layer(monkeypatch, walk_setting, n=48, sparsity=0.5, value_block="4"):
     monkeypatch.setenv("SPARSETRAIN_CPU_VALUE_BLOCK", value_block)
     monkeypatch.setenv("SPARSETRAIN_CPU_STORAGE_WALK", walk_setting)

@@ -32,6 +32,7 @@ from .topology import (
     scatter_permuted,
     select_k,
     sorted_uniform_draws,
+    storage_walk,
     transpose_after_merge,
     transpose_blocked,
     transpose_csr,
@@ -43,7 +44,7 @@ __all__ = ["spmm", "to_storage", "spmm_transposed", "sddmm", "linear_grads", "sd
            # topology operations (topology.py)
            "linear_index", "linear_to_csr", "sorted_uniform_draws", "unique_difference", "select_k", "merge_entries",
            "transpose_csr", "gather_or_zero", "coordinates_to_linear", "order_check", "sample_and_score", "csr_linear", "csr_rows",
-           "transpose_blocked", "scatter_permuted", "transpose_after_merge"]
+           "transpose_blocked", "scatter_permuted", "transpose_after_merge", "storage_walk"]
 
 _INDEX_DTYPES = (torch.int32, torch.int64)
 

@@ -417,7 +417,8 @@ def transpose_csr(crow: torch.Tensor, col: torch.Tensor, n_cols: int,
 
     ``bucket_bits``: -1 picks one counting pass or two (wide layers: buckets of 2^k columns first), 0 forces
     one, k > 0 two with 2^k columns per bucket; all give the same result."""
-    pairs, ccol, _ = load().transpose_csr(crow.contiguous(), col.contiguous(), int(n_cols), 0, 0, int(bucket_bits))
+    pairs, ccol, _, _ = load().transpose_csr(crow.contiguous(), col.contiguous(), int(n_cols), 0, 0, int(bucket_bits),
+                                             False)
     return pairs[:, 0], ccol, pairs[:, 1]
 
 
@@ -425,20 +426,23 @@ BLOCK_SLOT_METHODS = {"auto": 0, "columns": 1, "walk": 2}
 
 
 def transpose_blocked(crow: torch.Tensor, col: torch.Tensor, n_cols: int, block_rows: int,
-                      method: str = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`transpose_csr` for row-block value storage: (perm, ccol, row_t, slots), perm in storage positions."""
-    pairs, ccol, slots = load().transpose_csr(crow.contiguous(), col.contiguous(), int(n_cols), int(block_rows),
-                                              BLOCK_SLOT_METHODS[method], -1)
-    return pairs[:, 0], ccol, pairs[:, 1], slots
+                      method: str = "auto", walk: bool = False) -> tuple[torch.Tensor, ...]:
+    """:func:`transpose_csr` for row-block value storage: (perm, ccol, row_t, slots), perm in storage positions;
+    with ``walk`` also the storage walk (written with the storage order by columns)."""
+    pairs, ccol, slots, walked = load().transpose_csr(crow.contiguous(), col.contiguous(), int(n_cols),
+                                                      int(block_rows), BLOCK_SLOT_METHODS[method], -1, bool(walk))
+    return (pairs[:, 0], ccol, pairs[:, 1], slots, *((walked,) if walk else ()))
 
 
 def transpose_after_merge(crow: torch.Tensor, col: torch.Tensor, n_cols: int, block_rows: int, source: torch.Tensor,
-                          old_slots: torch.Tensor, payloads: list[torch.Tensor], method: str = "auto"):
-    """(perm, ccol, row_t, slots, remap, carried): :func:`transpose_blocked` and the merge's storage remap."""
-    pairs, ccol, slots, remap, carried = load().transpose_after_merge(
+                          old_slots: torch.Tensor, payloads: list[torch.Tensor], method: str = "auto",
+                          walk: bool = False):
+    """(perm, ccol, row_t, slots, remap, carried[, walk]): :func:`transpose_blocked` and the merge's storage
+    remap."""
+    pairs, ccol, slots, remap, carried, walked = load().transpose_after_merge(
         crow.contiguous(), col.contiguous(), int(n_cols), int(block_rows), BLOCK_SLOT_METHODS[method],
-        source.contiguous(), old_slots.contiguous(), [t.contiguous() for t in payloads])
-    return pairs[:, 0], ccol, pairs[:, 1], slots, remap, list(carried)
+        source.contiguous(), old_slots.contiguous(), [t.contiguous() for t in payloads], bool(walk))
+    return (pairs[:, 0], ccol, pairs[:, 1], slots, remap, list(carried), *((walked,) if walk else ()))
 
 
 def scatter_permuted(src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -2166,7 +2166,7 @@ struct MergeCarry {
 // 36.3, 31.1 vs 43.0; 1.0 (65536^2 at fan-in 64): 33.9 vs 29.3; 4.0 (262144^2): 254 vs 158).
 template <typename I, typename F>
 void blocked_transpose_by_columns(const I* cp, const I* col, int64_t n_rows, int64_t n_cols, int64_t block_rows,
-                                  I* sl, SlotRow<I>* pairs, I* ccol, F&& after_block) {
+                                  I* sl, SlotRow<I>* pairs, I* ccol, I* walk, F&& after_block) {
   const int64_t n_blocks = (n_rows + block_rows - 1) / block_rows, nnz = cp[n_rows];
   const int nt = team_for(nnz);
   std::unique_ptr<I[]> run(new I[static_cast<size_t>(n_blocks) * n_cols]);  // counts, then where each run starts
@@ -2238,7 +2238,13 @@ void blocked_transpose_by_columns(const I* cp, const I* col, int64_t n_rows, int
         }
       s = p0;
       for (int64_t c = 0; c < n_cols; ++c)
-        for (int64_t t = start[c], e = run_end(c); t < e; ++t, ++s) pairs[t] = SlotRow<I>{static_cast<I>(s), row_at[s - p0]};
+        for (int64_t t = start[c], e = run_end(c); t < e; ++t, ++s) {
+          pairs[t] = SlotRow<I>{static_cast<I>(s), row_at[s - p0]};
+          if (walk != nullptr) {  // the storage walk, in storage order (a sequential stream)
+            walk[2 * s] = static_cast<I>(c);
+            walk[2 * s + 1] = row_at[s - p0];
+          }
+        }
       after_block(p0, p1);  // while the block is in cache
     }
   }
@@ -2296,7 +2302,7 @@ void block_slots_by_walk(const I* cp, SlotRow<I>* pr, int64_t n_rows, int64_t nn
 template <typename I>
 void transpose_into(const torch::Tensor& crow, const torch::Tensor& col, int64_t n_cols, int64_t block_rows,
                     int64_t method, int64_t bucket_bits, torch::Tensor& pairs, torch::Tensor& ccol,
-                    torch::Tensor& slots, MergeCarry<I>* carry) {
+                    torch::Tensor& slots, MergeCarry<I>* carry, torch::Tensor* walk) {
   TORCH_CHECK_VALUE(n_cols >= 0, "n_cols must be >= 0, got ", n_cols);
   TORCH_CHECK_VALUE(crow.numel() >= 1, "crow must have at least one element");
   TORCH_CHECK_VALUE(block_rows >= 0, "block_rows must be >= 0, got ", block_rows);
@@ -2308,6 +2314,9 @@ void transpose_into(const torch::Tensor& crow, const torch::Tensor& col, int64_t
   pairs = torch::empty({nnz, 2}, col.options());
   ccol = torch::empty({n_cols + 1}, col.options());
   slots = torch::empty({block_rows > 0 ? nnz : 0}, col.options());
+  const bool with_walk = walk != nullptr && block_rows > 0;
+  if (walk != nullptr) *walk = torch::empty({with_walk ? nnz : 0, 2}, col.options());
+  I* wk = with_walk ? walk->data_ptr<I>() : nullptr;
   const I* cp = crow.data_ptr<I>();
   check_row_pointers(cp, n_rows, nnz);
   auto* pr = reinterpret_cast<SlotRow<I>*>(pairs.data_ptr<I>());
@@ -2316,7 +2325,7 @@ void transpose_into(const torch::Tensor& crow, const torch::Tensor& col, int64_t
   const bool by_columns = block_rows > 0 && (method == 1 || (method == 0 && 2 * n_blocks * n_cols <= nnz));
   if (by_columns) {
     check_columns(col.data_ptr<I>(), nnz, n_cols);  // before the histograms index by column
-    blocked_transpose_by_columns<I>(cp, col.data_ptr<I>(), n_rows, n_cols, block_rows, sl, pr, ccol.data_ptr<I>(),
+    blocked_transpose_by_columns<I>(cp, col.data_ptr<I>(), n_rows, n_cols, block_rows, sl, pr, ccol.data_ptr<I>(), wk,
                                     [&](int64_t p0, int64_t p1) {
                                       if (carry == nullptr) return;
                                       // a block's storage range is its CSR range: remap, then carry, inside it
@@ -2340,6 +2349,7 @@ void transpose_into(const torch::Tensor& crow, const torch::Tensor& col, int64_t
   if (block_rows == 0) return;
   auto csr_of = torch::empty({nnz}, col.options());  // the allocator's memory: no zeroing, no page faults
   block_slots_by_walk<I>(cp, pr, n_rows, nnz, block_rows, sl, csr_of.data_ptr<I>());
+  if (with_walk) storage_walk_impl<I>(cp, col.data_ptr<I>(), sl, wk, n_rows, block_rows);  // slots are ours: valid
   if (carry == nullptr) return;
   const int nt = team_for(nnz);
   const int64_t n_chunks = chunk_count(nt, nnz, 1 << 14);
@@ -2355,16 +2365,19 @@ void transpose_into(const torch::Tensor& crow, const torch::Tensor& col, int64_t
     carry_range<I>(carry->payloads, carry->out, nnz * ch / n_chunks, nnz * (ch + 1) / n_chunks);
 }
 
-std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> transpose_csr(torch::Tensor crow, torch::Tensor col,
-                                                                      int64_t n_cols, int64_t block_rows,
-                                                                      int64_t method, int64_t bucket_bits) {
+// with_walk (row blocks): also the storage walk ((nnz, 2) (column, row) of each storage position; else empty).
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> transpose_csr(
+    torch::Tensor crow, torch::Tensor col, int64_t n_cols, int64_t block_rows, int64_t method, int64_t bucket_bits,
+    bool with_walk) {
   check_common(crow, col, "crow");
-  torch::Tensor pairs, ccol, slots;
+  torch::Tensor pairs, ccol, slots, walk;
   dispatch_index(col, [&](auto tag) {
     using I = decltype(tag);
-    transpose_into<I>(crow, col, n_cols, block_rows, method, bucket_bits, pairs, ccol, slots, nullptr);
+    transpose_into<I>(crow, col, n_cols, block_rows, method, bucket_bits, pairs, ccol, slots, nullptr,
+                      with_walk ? &walk : nullptr);
   });
-  return {pairs, ccol, slots};
+  if (!walk.defined()) walk = torch::empty({0, 2}, col.options());
+  return {pairs, ccol, slots, walk};
 }
 
 // The row-block storage after a merge (merge_entries on the indices only) in one call: the transposed CSR
@@ -2372,9 +2385,10 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> transpose_csr(torch::Ten
 // where grown: old_slots[source[p]] at the new position of entry p) and every payload (old storage order)
 // carried into the new storage order, 0 at grown entries. By columns, the remap and the carry run block by
 // block inside the transpose: storage_source and a gather per payload took 23 ms at n = 16384, 98 %.
-std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, std::vector<torch::Tensor>> transpose_after_merge(
-    torch::Tensor crow, torch::Tensor col, int64_t n_cols, int64_t block_rows, int64_t method, torch::Tensor source,
-    torch::Tensor old_slots, std::vector<torch::Tensor> payloads) {
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, std::vector<torch::Tensor>, torch::Tensor>
+transpose_after_merge(torch::Tensor crow, torch::Tensor col, int64_t n_cols, int64_t block_rows, int64_t method,
+                      torch::Tensor source, torch::Tensor old_slots, std::vector<torch::Tensor> payloads,
+                      bool with_walk) {
   check_common(crow, col, "crow");
   check_index_vector(source, "source");
   check_index_vector(old_slots, "old_slots");
@@ -2395,16 +2409,18 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, std::vect
                      static_cast<int64_t>(t.element_size())});
   }
   auto remap = torch::empty({n}, col.options());
-  torch::Tensor pairs, ccol, slots;
+  torch::Tensor pairs, ccol, slots, walk;
   bool ok = true;
   dispatch_index(col, [&](auto tag) {
     using I = decltype(tag);
     MergeCarry<I> carry{source.data_ptr<I>(), old_slots.data_ptr<I>(), n_old, views, remap.data_ptr<I>()};
-    transpose_into<I>(crow, col, n_cols, block_rows, method, -1, pairs, ccol, slots, &carry);
+    transpose_into<I>(crow, col, n_cols, block_rows, method, -1, pairs, ccol, slots, &carry,
+                      with_walk ? &walk : nullptr);
     ok = carry.ok;
   });
   TORCH_CHECK_VALUE(ok, "transpose_after_merge: source and old_slots must lie below ", n_old);
-  return {pairs, ccol, slots, remap, carried};
+  if (!walk.defined()) walk = torch::empty({0, 2}, col.options());
+  return {pairs, ccol, slots, remap, carried, walk};
 }
 
 // out[i] = src[index[i]], or 0 where index[i] < 0 (a remap of parameter-shaped state across a slot change).

@@ -262,8 +262,9 @@ def transpose_csr(crow: torch.Tensor, col: torch.Tensor, n_cols: int) -> tuple[t
 
 
 def transpose_blocked(crow: torch.Tensor, col: torch.Tensor, n_cols: int, block_rows: int,
-                      method: str = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`transpose_csr` for row-block value storage: ``(perm, ccol, row_t, slots)``.
+                      method: str = "auto", walk: bool = False) -> tuple[torch.Tensor, ...]:
+    """:func:`transpose_csr` for row-block value storage: ``(perm, ccol, row_t, slots)``, and with ``walk``
+    the storage walk (:func:`storage_walk`) as a fifth element.
 
     The values of each block of ``block_rows`` rows keep the block's CSR range, ordered inside it as the
     transposed walk reaches them (columns ascending, rows ascending within a column). ``slots`` is the
@@ -280,7 +281,7 @@ def transpose_blocked(crow: torch.Tensor, col: torch.Tensor, n_cols: int, block_
         raise ValueError(f"method must be 'auto', 'columns' or 'walk', got {method!r}")
     cpp = _cpp(col.device)
     if cpp is not None:
-        return cpp.transpose_blocked(crow, col, n_cols, block_rows, method)
+        return cpp.transpose_blocked(crow, col, n_cols, block_rows, method, walk)
     perm, ccol, row_t = transpose_csr(crow, col, n_cols)
     # a stable sort by block keeps the walk's order inside each block, and blocks fill the storage in order
     by_block = torch.sort(torch.div(row_t, block_rows, rounding_mode="floor"), stable=True).indices
@@ -288,7 +289,23 @@ def transpose_blocked(crow: torch.Tensor, col: torch.Tensor, n_cols: int, block_
     storage[by_block] = torch.arange(perm.numel(), device=perm.device, dtype=perm.dtype)
     slots = torch.empty_like(perm)
     slots[perm.long()] = storage
-    return storage, ccol, row_t, slots
+    return (storage, ccol, row_t, slots, *((storage_walk(crow, col, slots, block_rows),) if walk else ()))
+
+
+def storage_walk(crow: torch.Tensor, col: torch.Tensor, slots: torch.Tensor, block_rows: int) -> torch.Tensor:
+    """(nnz, 2): the (column, row) of each storage position of a row-block layout (``slots`` from
+    :func:`transpose_blocked`), what a walk of the storage order reads (``cpp_ext.spmm_storage``)."""
+    for name, t in (("crow", crow), ("col", col), ("slots", slots)):
+        _check_index(name, t)
+    if isinstance(block_rows, bool) or not isinstance(block_rows, int) or block_rows < 1:
+        raise ValueError(f"block_rows must be an int >= 1, got {block_rows!r}")
+    cpp = _cpp(col.device)
+    if cpp is not None:
+        return cpp.storage_walk(crow, col, slots, block_rows)
+    out = torch.empty(col.numel(), 2, dtype=col.dtype, device=col.device)
+    out[slots.long(), 0] = col
+    out[slots.long(), 1] = csr_rows(crow).to(col.dtype)
+    return out
 
 
 def scatter_permuted(src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -304,8 +321,9 @@ def scatter_permuted(src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 def transpose_after_merge(crow: torch.Tensor, col: torch.Tensor, n_cols: int, block_rows: int,
                           source: torch.Tensor, old_slots: torch.Tensor, payloads: Sequence[torch.Tensor] = (),
-                          method: str = "auto"):
-    """Row-block storage after a merge of the indices: ``(perm, ccol, row_t, slots, remap, carried)``.
+                          method: str = "auto", walk: bool = False):
+    """Row-block storage after a merge of the indices: ``(perm, ccol, row_t, slots, remap, carried)``, and with
+    ``walk`` the new storage walk as a seventh element (our C++ writes it with the storage order).
 
     The first four are :func:`transpose_blocked` of the merged CSR (``crow``, ``col``). ``source`` is
     :func:`merge_entries`' old CSR slot of each new entry (-1: grown), ``old_slots`` the old storage position of
@@ -327,13 +345,14 @@ def transpose_after_merge(crow: torch.Tensor, col: torch.Tensor, n_cols: int, bl
     if cpp is not None:
         if isinstance(block_rows, bool) or not isinstance(block_rows, int) or block_rows < 1:
             raise ValueError(f"block_rows must be an int >= 1, got {block_rows!r}")
-        return cpp.transpose_after_merge(crow, col, n_cols, block_rows, source, old_slots, list(payloads), method)
-    perm, ccol, row_t, slots = transpose_blocked(crow, col, n_cols, block_rows, method)
+        return cpp.transpose_after_merge(crow, col, n_cols, block_rows, source, old_slots, list(payloads), method,
+                                         walk)
+    perm, ccol, row_t, slots, *walked = transpose_blocked(crow, col, n_cols, block_rows, method, walk)
     if bool((source >= old_slots.numel()).any()) or bool((old_slots >= old_slots.numel()).any()):
         raise ValueError(f"source and old_slots must lie below {old_slots.numel()}")
     from_old = torch.where(source >= 0, old_slots[source.clamp(min=0).long()], source)
     remap = scatter_permuted(from_old, slots)
-    return perm, ccol, row_t, slots, remap, [gather_or_zero(t, remap) for t in payloads]
+    return (perm, ccol, row_t, slots, remap, [gather_or_zero(t, remap) for t in payloads], *walked)
 
 
 def gather_or_zero(src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..kernels import (cpp_ext, csr_rows, gather_or_zero, implementation, linear_index, merge_entries, rows_to_crow,
-                       to_storage, transpose_after_merge, transpose_blocked, transpose_csr)
+                       storage_walk, to_storage, transpose_after_merge, transpose_blocked, transpose_csr)
 from .base import GatherRemap, Layout, validate_drop_slots, validate_new_coordinates
 
 _INT32_LIMIT = 2**31 - 1
@@ -150,15 +150,20 @@ class CompressedLayout(Layout):
         values'; under autocast, bfloat16) and a block reuses its gathered rows enough
         (``cpp_ext.storage_walk_pays``); None otherwise. Built on first use after a topology change (8 bytes
         per active weight)."""
-        dtype = dtype or self.values.dtype
-        if not self.blocked or self.values.device.type != "cpu":
-            return None
-        if implementation(self.values.device, dtype) is not cpp_ext or not cpp_ext.storage_walk_pays(
-                self.shape[0], self.shape[1], self.nnz, self._block_rows, dtype):
+        if not self._walks(dtype or self.values.dtype):
             return None
         if self._walk is None:
-            self._walk = cpp_ext.storage_walk(self.crow, self.col, self.slots(), self._block_rows)
+            self.transposed()  # builds the walk with the storage order where the values' dtype walks
+        if self._walk is None:  # the transposed CSR was built without it (another setting or dtype then)
+            self._walk = storage_walk(self.crow, self.col, self.slots(), self._block_rows)
         return self._walk, self._block_rows
+
+    def _walks(self, dtype: torch.dtype) -> bool:
+        """Whether a forward computing in ``dtype`` walks this layer's storage order (storage_walk)."""
+        if not self.blocked or self.values.device.type != "cpu":
+            return False
+        return implementation(self.values.device, dtype) is cpp_ext and cpp_ext.storage_walk_pays(
+            self.shape[0], self.shape[1], self.nnz, self._block_rows, dtype)
 
     def _forget_derived(self) -> None:
         """Drop the indices derived from the CSR (after a topology change or a load)."""
@@ -214,9 +219,11 @@ class CompressedLayout(Layout):
         if old_slots is not None:
             # the new storage order with its transposed CSR; new storage position q takes old storage position
             # old_slots[source[CSR slot of q]] (-1: grown), and every tensor is carried through that remap
-            perm_t, ccol, row_t, self._slots, source, carried = transpose_after_merge(
-                crow, col, self.shape[1], self._block_rows, source, old_slots, [self.values.data, *carry])
+            walks = self._walks(self.values.dtype)  # the new storage walk too, written with the storage order
+            perm_t, ccol, row_t, self._slots, source, carried, *walk = transpose_after_merge(
+                crow, col, self.shape[1], self._block_rows, source, old_slots, [self.values.data, *carry], walk=walks)
             self._transposed = (ccol, row_t, perm_t)
+            self._walk = walk[0] if walk else None
         remap = GatherRemap(source, carried=tuple(carried[1:]))
         with torch.no_grad():
             _swap_data(self.values, carried[0])
@@ -239,8 +246,9 @@ class CompressedLayout(Layout):
         if cached is None or cached[0].device != self.col.device:
             # one O(nnz) counting sort on CPU gives the column order, the column pointers and the rows in it
             if self.blocked:  # perm_t in storage positions; slots: the storage position of each CSR entry
-                perm_t, ccol, row_t, self._slots = transpose_blocked(self.crow, self.col, self.shape[1],
-                                                                      self._block_rows)
+                perm_t, ccol, row_t, self._slots, *walk = transpose_blocked(
+                    self.crow, self.col, self.shape[1], self._block_rows, walk=self._walks(self.values.dtype))
+                self._walk = walk[0] if walk else None
             else:
                 perm_t, ccol, row_t = transpose_csr(self.crow, self.col, self.shape[1])
             cached = self._transposed = (ccol, row_t, perm_t)
