@@ -37,6 +37,7 @@ CASES = [  # (n_rows, n_cols, nnz, block_rows, R, empty rows)
     (16, 9, 40, 64, 33, (0, 15)),   # one block larger than the layer
     (50, 31, 700, 1, 16, (10,)),    # blocks of one row
     (8, 5, 0, 2, 4, ()),            # no active weight
+    (600, 500, 150000, 40, 20, (7,)),  # enough work for the thread team (dynamic chunks, column ranges)
 ]
 
 
