@@ -114,12 +114,12 @@ def linear_grads(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, gy
     Our CPU kernel computes them in one walk of the transposed CSR, gathering each entry's gy row once for
     both; other backends make the two calls. With ``slots`` (row-block value storage: ``perm_t`` then holds
     storage positions) the value gradient comes back in the values' own storage order. With ``walk`` (the
-    layout's ``storage_walk()``) our CPU kernel walks float32/float64 values in storage order instead
-    (``cpp_ext.grads_storage``, bitwise the same result); otherwise it is ignored.
+    layout's ``storage_walk()``) our CPU kernel walks the values in storage order instead
+    (``cpp_ext.grads_storage``, bitwise the same result); other backends ignore it.
     """
     _check_pair(gy_fm, x_fm)
     impl = implementation(gy_fm.device, gy_fm.dtype)
-    if impl is cpp_ext and walk is not None and gy_fm.dtype in (torch.float32, torch.float64):
+    if impl is cpp_ext and walk is not None:
         ccol, _, _ = _checked_transposed(crow, col, values, gy_fm, x_fm.shape[0], transposed)
         pairs, block_rows = _checked_walk(walk, col)
         grad_x, grad_values = cpp_ext.grads_storage(crow, pairs, ccol, values, gy_fm, x_fm, block_rows, input_grad)

@@ -69,7 +69,10 @@ VALUE_BLOCK_L3_FRACTION = 8  # values of at least L3 / 8 (4 MiB of a 32 MiB L3) 
 # the block's values per entry). Measured, float32 forward, B = 128 (docs/kernels.md): 16384² at 98 % (4 uses)
 # 41 -> 23 ms, at 90 % (4) 139 -> 119 ms, at 99.5 % (4) 9.1 -> 6.6 ms; fan-in 64 at 65536 (1 use) 61 -> 82 ms
 # and 262144 (0.25) 262 -> 480 ms; bfloat16 at 90 % 92 -> 110 ms (its sums are float32: twice the bytes of
-# its gathered rows), so bfloat16 keeps the CSR walk. SPARSETRAIN_CPU_STORAGE_WALK = auto | 1 | 0 forces it.
+# its gathered rows), so bfloat16 keeps the CSR walks: its backward alone walks faster (16384² at 98 %, 800
+# rows per block: 40.8 -> 33.3 ms; at 90 %, 160 rows: 171 -> 128), but the layer step gained only 2-9 %
+# (98 %: 65.5 -> 64.3 ms at 400 rows, 68.3 -> 64.1 at 800; 90 %: 265 -> 238 at 320 rows, 260 -> 263 at 80),
+# not worth a second policy. SPARSETRAIN_CPU_STORAGE_WALK = auto | 1 | 0 forces both passes for every dtype.
 STORAGE_WALK_REUSE = 2
 # A layer whose blocks walk their storage order takes larger blocks (value_block_rows): the more rows a block
 # has, the more often its walk reuses a gathered row (in registers) and a gy row (in L2); the cap keeps the
@@ -296,9 +299,10 @@ def spmm_storage(crow: torch.Tensor, walk: torch.Tensor, values: torch.Tensor, d
 def grads_storage(crow: torch.Tensor, walk: torch.Tensor, ccol: torch.Tensor, values: torch.Tensor,
                   gy_fm: torch.Tensor, x_fm: torch.Tensor, block_rows: int,
                   input_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """(grad_x_fm, grad_values in storage order) of a float32/float64 row-block layer walked in storage
-    order (``grad_x_fm`` empty without ``input_grad``): each block's gy rows stay in L2 while its column runs
-    use them, where :func:`grads_transposed` gathers a random gy row per entry; bitwise its results."""
+    """(grad_x_fm, grad_values in storage order) of a row-block layer walked in storage order (``grad_x_fm``
+    empty without ``input_grad``): each block's gy rows stay in L2 while its column runs use them, where
+    :func:`grads_transposed` gathers a random gy row per entry; bitwise its results (bfloat16: grad_x summed
+    in float32 and rounded once, as there)."""
     gy_fm, x_fm = gy_fm.contiguous(), x_fm.contiguous()
     return tuple(load().grads_storage(crow.contiguous(), walk, ccol.to(walk.dtype).contiguous(),  # type: ignore[return-value]
                                       values.contiguous(), gy_fm, x_fm, block_rows, accumulator_tile(x_fm),
@@ -312,11 +316,11 @@ def storage_walk(crow: torch.Tensor, col: torch.Tensor, slots: torch.Tensor, blo
 
 def storage_walk_pays(n_rows: int, n_cols: int, nnz: int, block_rows: int, dtype: torch.dtype,
                       setting: str | None = None) -> bool:
-    """Whether a row-block layer's forward walks its storage order (:func:`spmm_storage`) rather than the CSR
-    through its slots: for float32 and float64 values, when a block uses each gathered row
-    STORAGE_WALK_REUSE times or more on average; never for bfloat16, whose float32 sums would move twice the
-    bytes of its gathered rows (measured slower); or what ``setting`` (default: SPARSETRAIN_CPU_STORAGE_WALK)
-    forces (1 / 0)."""
+    """Whether a row-block layer walks its storage order (:func:`spmm_storage` forward, :func:`grads_storage`
+    backward) rather than the CSR through its slots and the transposed CSR: for float32 and float64 values,
+    when a block uses each gathered row STORAGE_WALK_REUSE times or more on average; not for bfloat16 (its
+    forward's float32 sums move twice the bytes of its gathered rows: slower; its backward alone gained 2-9 %
+    of a step at most); or what ``setting`` (default: SPARSETRAIN_CPU_STORAGE_WALK) forces (1 / 0)."""
     setting = setting or os.environ.get("SPARSETRAIN_CPU_STORAGE_WALK", "auto")
     if setting not in ("auto", "0", "1"):
         raise ConfigError(f"SPARSETRAIN_CPU_STORAGE_WALK={setting!r}: allowed are 'auto', '1' (always) or '0' (never)")

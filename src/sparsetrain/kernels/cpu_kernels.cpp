@@ -652,7 +652,8 @@ inline acc_t<T> axpy_dot(Tile<T, W>& acc, acc_t<T> a, const T* g, const Tile<T, 
   return Tl::sum_lanes(s);
 }
 
-// The backward of a row-block layer walked in storage order (float32/float64: sums as wide as T). Each of
+// The backward of a row-block layer walked in storage order (bfloat16: grad_x's sums in the float32
+// wide_sums, rounded once at the end, the dots by the fused backward's DotTile). Each of
 // kChunksPerThread x threads ranges of input features (balanced by entries; one thread each) walks the blocks
 // in order and, inside a block, its own columns' runs: a run of column j loads x[j] and grad_x[j]'s sums into
 // registers once, and each entry adds val * gy[row] to them (kInput) and writes its value gradient
@@ -661,11 +662,14 @@ inline acc_t<T> axpy_dot(Tile<T, W>& acc, acc_t<T> a, const T* g, const Tile<T, 
 // in row order as by that walk, and grad_x starts at zero: bitwise grads_transposed_impl's results.
 // Returns false unless the walk's rows stay inside their blocks and every entry was reached (columns
 // ascending inside each block), i.e. unless the walk is storage_walk's.
-template <typename T, typename I, int W, bool kInput>
+template <typename T, typename I, int W, bool kInput, typename O>
 bool grads_storage_impl(const I* crow, const I* walk, const I* ccol, const T* val, const T* gy, const T* x, T* grad_x,
-                        T* grad_val, int64_t n_out, int64_t n_in, int64_t R, int64_t block_rows) {
-  static_assert(std::is_same_v<T, acc_t<T>>, "sums as wide as T only");
+                        float* wide_sums, O* grad_val, int64_t n_out, int64_t n_in, int64_t R, int64_t block_rows) {
   using C = acc_t<T>;
+  constexpr bool kWide = !std::is_same_v<T, C>;  // bfloat16: grad_x's partial sums stay float32 (wide_sums)
+  using Sum = std::conditional_t<kWide, C, T>;
+  Sum* sums = nullptr;
+  if constexpr (kWide) { static_assert(std::is_same_v<C, float>); sums = wide_sums; } else { sums = grad_x; }
   const int64_t nnz = crow[n_out], n_blocks = (n_out + block_rows - 1) / block_rows;
   const int nt = team_size(nnz * R);
   const int64_t n_ranges = std::max<int64_t>(1, std::min<int64_t>(n_in, int64_t(nt) * kChunksPerThread));
@@ -693,7 +697,7 @@ bool grads_storage_impl(const I* crow, const I* walk, const I* ccol, const T* va
           const int64_t j = walk[2 * p];
           if (j >= j_hi || j < j_lo) break;
           const int64_t first = p;
-          T* o = grad_x + j * R + r0;
+          Sum* o = sums + j * R + r0;
           const T* xj = x + j * R + r0;
           auto row_of = [&](int64_t q) {
             uint64_t at = static_cast<uint64_t>(walk[2 * q + 1] - lo);
@@ -701,14 +705,32 @@ bool grads_storage_impl(const I* crow, const I* walk, const I* ccol, const T* va
             return lo + static_cast<int64_t>(at < rows ? at : 0);
           };
           if (w == W) {
-            Tile<T, W> acc, xt;
-            if constexpr (kInput) acc.load(o);
-            xt.load(xj);
-            do {
-              const C d = axpy_dot<kInput>(acc, kInput ? C(val[p]) : C(0), gy + row_of(p) * R + r0, xt);
-              grad_val[p] = accumulate ? T(grad_val[p] + d) : T(d);
-            } while (++p < end && walk[2 * p] == j);
-            if constexpr (kInput) acc.store(o);
+            Tile<T, W> acc;
+            if constexpr (kInput) {
+              if constexpr (kWide) std::memcpy(static_cast<void*>(acc.v), o, sizeof(acc.v));
+              else acc.load(o);
+            }
+            if constexpr (kWide) {  // the pair-dot tile of the fused backward, and the axpy as a second pass
+              DotTile<T, W> xt;
+              xt.load(xj);
+              do {
+                const T* g = gy + row_of(p) * R + r0;
+                if constexpr (kInput) acc.axpy(val[p], g);
+                const C d = xt.dot(g);
+                grad_val[p] = accumulate ? O(grad_val[p] + d) : O(d);
+              } while (++p < end && walk[2 * p] == j);
+            } else {
+              Tile<T, W> xt;
+              xt.load(xj);
+              do {
+                const C d = axpy_dot<kInput>(acc, kInput ? C(val[p]) : C(0), gy + row_of(p) * R + r0, xt);
+                grad_val[p] = accumulate ? O(grad_val[p] + d) : O(d);
+              } while (++p < end && walk[2 * p] == j);
+            }
+            if constexpr (kInput) {
+              if constexpr (kWide) std::memcpy(static_cast<void*>(o), acc.v, sizeof(acc.v));
+              else acc.store(o);
+            }
           } else {
             C gx[W];
             if constexpr (kInput) for (int64_t q = 0; q < w; ++q) gx[q] = o[q];
@@ -720,9 +742,9 @@ bool grads_storage_impl(const I* crow, const I* walk, const I* ccol, const T* va
                 if constexpr (kInput) gx[q] += v * C(g[q]);
                 d += C(xj[q]) * C(g[q]);
               }
-              grad_val[p] = accumulate ? T(grad_val[p] + d) : T(d);
+              grad_val[p] = accumulate ? O(grad_val[p] + d) : O(d);
             } while (++p < end && walk[2 * p] == j);
-            if constexpr (kInput) for (int64_t q = 0; q < w; ++q) o[q] = T(gx[q]);
+            if constexpr (kInput) for (int64_t q = 0; q < w; ++q) o[q] = Sum(gx[q]);
           }
           count += p - first;
         }
@@ -730,6 +752,22 @@ bool grads_storage_impl(const I* crow, const I* walk, const I* ccol, const T* va
       if (!inside) bad = true;
       if (r0 == 0) reached += count;
     }
+  }
+  if constexpr (kWide && kInput) {  // round the float32 sums once: full tiles in the lanes' split order
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t j = 0; j < n_in; ++j)
+      for (int64_t r0 = 0; r0 < R; r0 += W) {
+        const int64_t w = std::min<int64_t>(W, R - r0);
+        const C* from = sums + j * R + r0;
+        T* to = grad_x + j * R + r0;
+        if (w == W) {
+          Tile<T, W> t;
+          std::memcpy(static_cast<void*>(t.v), from, sizeof(t.v));
+          t.store(to);
+        } else {
+          for (int64_t q = 0; q < w; ++q) to[q] = T(from[q]);
+        }
+      }
   }
   return !bad && reached == nnz;
 }
@@ -1056,15 +1094,13 @@ std::tuple<torch::Tensor, torch::Tensor> grads_transposed(torch::Tensor ccol, to
   return {grad_x, grad_values};
 }
 
-// (grad_x (n_in, R) or an empty tensor, grad_values (nnz) in storage order) of a row-block layer, float32 or
-// float64, walked in storage order (grads_storage_impl); walk as for spmm_storage, ccol its column pointers.
+// (grad_x (n_in, R) or an empty tensor, grad_values (nnz) in storage order) of a row-block layer walked in
+// storage order (grads_storage_impl); walk as for spmm_storage, ccol its column pointers.
 std::tuple<torch::Tensor, torch::Tensor> grads_storage(torch::Tensor crow, torch::Tensor walk, torch::Tensor ccol,
                                                        torch::Tensor values, torch::Tensor gy_fm, torch::Tensor x_fm,
                                                        int64_t block_rows, int64_t tile_bytes, bool input_grad) {
   check_dense(gy_fm, "gy_fm");
   check_dense(x_fm, "x_fm");
-  TORCH_CHECK_VALUE(x_fm.scalar_type() == torch::kFloat32 || x_fm.scalar_type() == torch::kFloat64,
-                    "grads_storage takes float32 or float64, got ", x_fm.scalar_type());
   TORCH_CHECK(gy_fm.scalar_type() == x_fm.scalar_type() && values.scalar_type() == x_fm.scalar_type(),
               "values, gy_fm and x_fm must have one dtype");
   TORCH_CHECK(gy_fm.size(1) == x_fm.size(1), "gy_fm and x_fm must have the same number of columns R");
@@ -1079,11 +1115,15 @@ std::tuple<torch::Tensor, torch::Tensor> grads_storage(torch::Tensor crow, torch
   TORCH_CHECK(crow.numel() == n_out + 1, "crow must have n_out + 1 = ", n_out + 1, " elements, got ", crow.numel());
   TORCH_CHECK(ccol.numel() == n_in + 1, "ccol must have n_in + 1 = ", n_in + 1, " elements, got ", ccol.numel());
   TORCH_CHECK(values.numel() == nnz, "values must have one element per entry (", nnz, ")");
-  auto grad_x = input_grad ? torch::zeros({n_in, R}, x_fm.options()) : torch::empty({0}, x_fm.options());
-  auto grad_values = torch::empty({nnz}, x_fm.options());
-  if (R == 0 || nnz == 0) return {grad_x, grad_values.zero_()};
+  const bool wide = x_fm.scalar_type() == torch::kBFloat16;  // grad_x summed in a float32 scratch, rounded once
+  auto grad_x = !input_grad ? torch::empty({0}, x_fm.options())
+                : wide      ? torch::empty({n_in, R}, x_fm.options()) : torch::zeros({n_in, R}, x_fm.options());
+  auto wide_sums = input_grad && wide ? torch::zeros({n_in, R}, x_fm.options().dtype(torch::kFloat32))
+                                      : torch::empty({0}, x_fm.options().dtype(torch::kFloat32));
+  if (R == 0 || nnz == 0) return {grad_x.zero_(), torch::zeros({nnz}, x_fm.options())};
   bool ok = true;
-  AT_DISPATCH_FLOATING_TYPES(x_fm.scalar_type(), "sparsetrain_grads_storage", [&] {
+  torch::Tensor grad_values;
+  AT_DISPATCH_FLOATING_TYPES_AND(torch::kBFloat16, x_fm.scalar_type(), "sparsetrain_grads_storage", [&] {
     using T = scalar_t;
     dispatch_index(walk, [&](auto index_tag) {
       using I = decltype(index_tag);
@@ -1092,13 +1132,15 @@ std::tuple<torch::Tensor, torch::Tensor> grads_storage(torch::Tensor crow, torch
                         "crow[-1] and ccol[-1] must equal nnz (", nnz, ")");
       with_tile<T>(tile_bytes, [&](auto wc) {
         constexpr int W = decltype(wc)::value;
-        auto run = [&](auto input) {
-          ok = grads_storage_impl<T, I, W, decltype(input)::value>(
-              crow.data_ptr<I>(), walk.data_ptr<I>(), ccol.data_ptr<I>(), values.data_ptr<T>(), gy_fm.data_ptr<T>(),
-              x_fm.data_ptr<T>(), input_grad ? grad_x.data_ptr<T>() : nullptr, grad_values.data_ptr<T>(), n_out, n_in,
-              R, block_rows);
-        };
-        if (input_grad) run(std::true_type{}); else run(std::false_type{});
+        grad_values = with_sum_output<T, W>(nnz, R, x_fm.options(), [&](auto* out) {
+          auto run = [&](auto input) {
+            ok = grads_storage_impl<T, I, W, decltype(input)::value>(
+                crow.data_ptr<I>(), walk.data_ptr<I>(), ccol.data_ptr<I>(), values.data_ptr<T>(), gy_fm.data_ptr<T>(),
+                x_fm.data_ptr<T>(), input_grad ? grad_x.data_ptr<T>() : nullptr,
+                wide && input_grad ? wide_sums.data_ptr<float>() : nullptr, out, n_out, n_in, R, block_rows);
+          };
+          if (input_grad) run(std::true_type{}); else run(std::false_type{});
+        });
       });
     });
   });
