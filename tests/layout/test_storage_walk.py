@@ -41,42 +41,51 @@ CASES = [  # (n_rows, n_cols, nnz, block_rows, R, empty rows)
 ]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64], ids=str)
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}x{c[1]}-nnz{c[2]}-b{c[3]}-R{c[4]}")
-def test_spmm_storage_matches_the_dense_reference(case, index_dtype, dtype):
+TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2e-2}
+
+
+def every_case(test):
+    """Run ``test(case, index_dtype, dtype)`` over CASES, both index dtypes and the three value dtypes."""
+    for mark in (pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str),
+                 pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64], ids=str),
+                 pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}x{c[1]}-nnz{c[2]}-b{c[3]}-R{c[4]}")):
+        test = mark(test)
+    return test
+
+
+def _operands(case, index_dtype, dtype, seed):
+    """A random blocked CSR of the case, its values (CSR and storage order) and float64 dense weight."""
     n_rows, n_cols, nnz, block_rows, R, empty = case
     crow, col, row, slots, walk = _blocked(n_rows, n_cols, nnz, block_rows, index_dtype, empty_rows=empty)
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator().manual_seed(seed)
     csr_values = torch.randn(col.numel(), generator=g).to(dtype)
-    stored = kernels.scatter_permuted(csr_values, slots)  # the values in storage order
-    x_fm = torch.randn(n_cols, R, generator=g).to(dtype)
-    got = cpp_ext.spmm_storage(crow, walk, stored, x_fm, block_rows)
     dense = torch.zeros(n_rows, n_cols, dtype=torch.float64)
     dense[row.long(), col.long()] = csr_values.double()
+    return (crow, col, row, slots, walk), csr_values, kernels.scatter_permuted(csr_values, slots), dense, g
+
+
+@every_case
+def test_spmm_storage_matches_the_dense_reference(case, index_dtype, dtype):
+    n_rows, n_cols, _, block_rows, R, _ = case
+    (crow, col, _, _, walk), csr_values, stored, dense, g = _operands(case, index_dtype, dtype, seed=1)
+    x_fm = torch.randn(n_cols, R, generator=g).to(dtype)
+    got = cpp_ext.spmm_storage(crow, walk, stored, x_fm, block_rows)
     expected = dense @ x_fm.double()
-    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2e-2}[dtype]
     assert got.dtype == dtype and got.shape == (n_rows, R)
-    assert torch.allclose(got.double(), expected, atol=tol * max(1.0, expected.abs().max().item()), rtol=tol)
+    assert torch.allclose(got.double(), expected, atol=TOL[dtype] * max(1.0, expected.abs().max().item()),
+                          rtol=TOL[dtype])
     # a row's entries are summed in column order, as by the CSR walk: bitwise its result
     assert torch.equal(got, cpp_ext.spmm(crow, col, csr_values, x_fm, n_cols))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64], ids=str)
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}x{c[1]}-nnz{c[2]}-b{c[3]}-R{c[4]}")
+@every_case
 def test_grads_storage_match_the_dense_reference(case, index_dtype, dtype):
-    n_rows, n_cols, nnz, block_rows, R, empty = case
-    crow, col, row, slots, walk = _blocked(n_rows, n_cols, nnz, block_rows, index_dtype, empty_rows=empty)
+    n_rows, n_cols, _, block_rows, R, _ = case
+    (crow, col, row, slots, walk), _, stored, dense, g = _operands(case, index_dtype, dtype, seed=2)
     perm, ccol, row_t, _ = kernels.transpose_blocked(crow, col, n_cols, block_rows)
-    g = torch.Generator().manual_seed(2)
-    csr_values = torch.randn(col.numel(), generator=g).to(dtype)
-    stored = kernels.scatter_permuted(csr_values, slots)
     gy_fm, x_fm = torch.randn(n_rows, R, generator=g).to(dtype), torch.randn(n_cols, R, generator=g).to(dtype)
     grad_x, grad_values = cpp_ext.grads_storage(crow, walk, ccol, stored, gy_fm, x_fm, block_rows)
-    dense = torch.zeros(n_rows, n_cols, dtype=torch.float64)
-    dense[row.long(), col.long()] = csr_values.double()
-    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2e-2}[dtype]
+    tol = TOL[dtype]
     expected_x = dense.t() @ gy_fm.double()
     expected_v = (gy_fm.double()[row.long()] * x_fm.double()[col.long()]).sum(1)
     assert grad_x.shape == (n_cols, R) and grad_values.shape == (col.numel(),)

@@ -1056,17 +1056,22 @@ torch::Tensor spmm_storage(torch::Tensor crow, torch::Tensor walk, torch::Tensor
   return out;
 }
 
-// (grad_x (n_in, R), grad_values (nnz)) of y = W x, from W's transposed CSR (ccol, (slot, row) pairs), its
-// values, gy (n_out, R) and x (n_in, R); see grads_transposed_impl.
-std::tuple<torch::Tensor, torch::Tensor> grads_transposed(torch::Tensor ccol, torch::Tensor pairs, torch::Tensor values,
-                                                          torch::Tensor gy_fm, torch::Tensor x_fm, int64_t tile_bytes,
-                                                          int64_t prefetch, int64_t col_block) {
+// The dense operands and values of a layer's backward: one dtype, one batch width, 1-D contiguous values.
+void check_grad_operands(const torch::Tensor& values, const torch::Tensor& gy_fm, const torch::Tensor& x_fm) {
   check_dense(gy_fm, "gy_fm");
   check_dense(x_fm, "x_fm");
   TORCH_CHECK(gy_fm.scalar_type() == x_fm.scalar_type() && values.scalar_type() == x_fm.scalar_type(),
               "values, gy_fm and x_fm must have one dtype");
   TORCH_CHECK(gy_fm.size(1) == x_fm.size(1), "gy_fm and x_fm must have the same number of columns R");
   TORCH_CHECK(values.dim() == 1 && values.is_contiguous(), "values must be 1-D contiguous");
+}
+
+// (grad_x (n_in, R), grad_values (nnz)) of y = W x, from W's transposed CSR (ccol, (slot, row) pairs), its
+// values, gy (n_out, R) and x (n_in, R); see grads_transposed_impl.
+std::tuple<torch::Tensor, torch::Tensor> grads_transposed(torch::Tensor ccol, torch::Tensor pairs, torch::Tensor values,
+                                                          torch::Tensor gy_fm, torch::Tensor x_fm, int64_t tile_bytes,
+                                                          int64_t prefetch, int64_t col_block) {
+  check_grad_operands(values, gy_fm, x_fm);
   TORCH_CHECK(ccol.dim() == 1 && ccol.is_contiguous() && pairs.dim() == 2 && pairs.size(1) == 2 &&
                   pairs.is_contiguous() && ccol.scalar_type() == pairs.scalar_type() &&
                   (ccol.scalar_type() == torch::kInt32 || ccol.scalar_type() == torch::kInt64),
@@ -1099,12 +1104,7 @@ std::tuple<torch::Tensor, torch::Tensor> grads_transposed(torch::Tensor ccol, to
 std::tuple<torch::Tensor, torch::Tensor> grads_storage(torch::Tensor crow, torch::Tensor walk, torch::Tensor ccol,
                                                        torch::Tensor values, torch::Tensor gy_fm, torch::Tensor x_fm,
                                                        int64_t block_rows, int64_t tile_bytes, bool input_grad) {
-  check_dense(gy_fm, "gy_fm");
-  check_dense(x_fm, "x_fm");
-  TORCH_CHECK(gy_fm.scalar_type() == x_fm.scalar_type() && values.scalar_type() == x_fm.scalar_type(),
-              "values, gy_fm and x_fm must have one dtype");
-  TORCH_CHECK(gy_fm.size(1) == x_fm.size(1), "gy_fm and x_fm must have the same number of columns R");
-  TORCH_CHECK(values.dim() == 1 && values.is_contiguous(), "values must be 1-D contiguous");
+  check_grad_operands(values, gy_fm, x_fm);
   TORCH_CHECK(crow.dim() == 1 && crow.is_contiguous() && ccol.dim() == 1 && ccol.is_contiguous() && walk.dim() == 2 &&
                   walk.size(1) == 2 && walk.is_contiguous() && crow.scalar_type() == walk.scalar_type() &&
                   ccol.scalar_type() == walk.scalar_type() &&
