@@ -53,8 +53,7 @@ def main() -> None:
                 else:
                     steps.update({walk: _walking(value, step) for walk, value in WALKS.items()})
             nnz = layer.nnz
-            os.environ["SPARSETRAIN_CPU_STORAGE_WALK"] = "auto"  # what the policy picks by default
-            pays = cpp_ext.storage_walk_pays(n, n, nnz, block_rows["blocked"], dtype)
+            pays = cpp_ext.storage_walk_reuses(n, n, nnz, block_rows["blocked"], dtype)  # what auto picks
             timing = bench.interleaved(steps, args.rounds, per_round=2)
             row = {"n": n, "nnz": nnz, "layer": f"{n}², " + (f"fan-in {fan}" if fan else f"{sparsity:.1%}"),
                    "block_rows": block_rows["blocked"], "walk_by_default": pays, "auto": "walk" if pays else "slots"}

@@ -104,7 +104,8 @@ def test_info_lists_versions_and_backends(capsys, monkeypatch):
     assert "forward walk    in storage order for float32/float64 row blocks" in capsys.readouterr().out
     monkeypatch.setenv("SPARSETRAIN_CPU_STORAGE_WALK", "yes")
     assert main(["info"]) == 0
-    assert "forward walk    invalid: SPARSETRAIN_CPU_STORAGE_WALK='yes': allowed are 'auto', '1' or '0'" in capsys.readouterr().out
+    assert ("forward walk    invalid: SPARSETRAIN_CPU_STORAGE_WALK='yes': allowed are 'auto', '1' (always) or '0'"
+            in capsys.readouterr().out)
 
 
 def test_python_dash_m_entry_point():

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from .errors import ConfigError
 
@@ -196,36 +196,38 @@ def _info() -> int:
     return 0
 
 
+def _setting_line(read: Callable[[], Any], auto: Callable[[], str], forced: Callable[[Any], str]) -> str:
+    """One `info` line for an auto-or-forced environment setting: ``read()`` returns None for 'auto' or the
+    forced value, and raises ConfigError for an invalid one (then the line says so)."""
+    try:
+        value = read()
+    except ConfigError as exc:
+        return f"invalid: {exc}"
+    return auto() if value is None else forced(value)
+
+
 def _value_storage_line() -> str:
     """How new CPU compressed layers will store their values (row blocks or CSR order), and why."""
     from .kernels import cpp_ext
 
-    try:
-        forced = cpp_ext.forced_value_block()
-    except ConfigError as exc:
-        return f"invalid: {exc}"
-    if forced is None:
-        return (f"row blocks of ~{cpp_ext.VALUE_BLOCK_BYTES // 1024} KiB ({cpp_ext.WALKED_BLOCK_SCALE}x, at most "
-                f"{cpp_ext.WALKED_BLOCK_MAX_ROWS} rows, where they walk their storage order) for CPU layers with >= "
-                f"{cpp_ext.L3_BYTES // cpp_ext.VALUE_BLOCK_L3_FRACTION // 2**20} MiB of values "
-                f"(1/{cpp_ext.VALUE_BLOCK_L3_FRACTION} of L3), else CSR order "
-                "(SPARSETRAIN_CPU_VALUE_BLOCK=auto)")
-    return f"SPARSETRAIN_CPU_VALUE_BLOCK={forced}: " + ("CSR order" if forced == 0 else f"blocks of {forced} rows")
+    return _setting_line(
+        cpp_ext.forced_value_block,
+        lambda: (f"row blocks of ~{cpp_ext.VALUE_BLOCK_BYTES // 1024} KiB ({cpp_ext.WALKED_BLOCK_SCALE}x, at most "
+                 f"{cpp_ext.WALKED_BLOCK_MAX_ROWS} rows, where they walk their storage order) for CPU layers with "
+                 f">= {cpp_ext.L3_BYTES // cpp_ext.VALUE_BLOCK_L3_FRACTION // 2**20} MiB of values "
+                 f"(1/{cpp_ext.VALUE_BLOCK_L3_FRACTION} of L3), else CSR order (SPARSETRAIN_CPU_VALUE_BLOCK=auto)"),
+        lambda rows: f"SPARSETRAIN_CPU_VALUE_BLOCK={rows}: " + ("CSR order" if rows == 0 else f"blocks of {rows} rows"))
 
 
 def _storage_walk_line() -> str:
-    """Which forward row-block CPU layers run: in storage order, or the CSR walk through the slots."""
-    import os
-
+    """How row-block CPU layers run their passes: in storage order, or the CSR and transposed walks."""
     from .kernels import cpp_ext
 
-    setting = os.environ.get("SPARSETRAIN_CPU_STORAGE_WALK", "auto")
-    if setting == "auto":
-        return (f"in storage order for float32/float64 row blocks that use each gathered row >= "
-                f"{cpp_ext.STORAGE_WALK_REUSE} times, else the CSR walk (SPARSETRAIN_CPU_STORAGE_WALK=auto)")
-    if setting in ("0", "1"):
-        return f"SPARSETRAIN_CPU_STORAGE_WALK={setting}: " + ("always in storage order" if setting == "1" else "the CSR walk")
-    return f"invalid: SPARSETRAIN_CPU_STORAGE_WALK={setting!r}: allowed are 'auto', '1' or '0'"
+    return _setting_line(
+        cpp_ext.forced_storage_walk,
+        lambda: (f"in storage order for float32/float64 row blocks that use each gathered row >= "
+                 f"{cpp_ext.STORAGE_WALK_REUSE} times, else the CSR walk (SPARSETRAIN_CPU_STORAGE_WALK=auto)"),
+        lambda walk: "SPARSETRAIN_CPU_STORAGE_WALK=" + ("1: always in storage order" if walk else "0: the CSR walk"))
 
 
 def _cuda_line() -> str:

@@ -63,10 +63,11 @@ SWEEP_SLICES = ((4, 16), (2, 16))  # (L3 fraction 1/k of a pass's slice, entries
 # at 98 % (1.3 MB) -3 %, 4096² at fan-in 64 (1 MiB) +2 %, 1024² at 90 % (0.4 MB) +9 %.
 VALUE_BLOCK_BYTES = 256 * 1024
 VALUE_BLOCK_L3_FRACTION = 8  # values of at least L3 / 8 (4 MiB of a 32 MiB L3) are stored in row blocks
-# The forward of a row-block layer walks its storage order (spmm_storage: a block's sums in a scratch, each
-# gathered row loaded once per block and column, the values streamed in place) once a block uses each gathered
-# row this many times on average; below that, the CSR walk through the slots (register sums, a random read of
-# the block's values per entry). Measured, float32 forward, B = 128 (docs/kernels.md): 16384² at 98 % (4 uses)
+# A row-block layer walks its storage order in both passes (spmm_storage: a block's sums in a scratch, each
+# gathered row loaded once per block and column, the values streamed in place; grads_storage: a block's gy
+# rows in L2) once a block uses each gathered row this many times on average; below that, the CSR walk through
+# the slots (register sums, a random read of the block's values per entry) and the transposed walk. Measured,
+# float32 forward, B = 128 (docs/kernels.md): 16384² at 98 % (4 uses)
 # 41 -> 23 ms, at 90 % (4) 139 -> 119 ms, at 99.5 % (4) 9.1 -> 6.6 ms; fan-in 64 at 65536 (1 use) 61 -> 82 ms
 # and 262144 (0.25) 262 -> 480 ms; bfloat16 at 90 % 92 -> 110 ms (its sums are float32: twice the bytes of
 # its gathered rows), so bfloat16 keeps the CSR walks: its backward alone walks faster (16384² at 98 %, 800
@@ -195,15 +196,15 @@ def value_block_rows(n_rows: int, n_cols: int, nnz: int, dtype: torch.dtype) -> 
     """Rows per value block for a new CPU layout of ``nnz`` values of ``dtype`` in ``n_rows`` x ``n_cols``
     (0: CSR order): once the values take an eighth of L3 or more (VALUE_BLOCK_L3_FRACTION), blocks of about
     VALUE_BLOCK_BYTES of values, WALKED_BLOCK_SCALE times that (at most WALKED_BLOCK_MAX_ROWS rows) where such
-    blocks would walk their storage order (storage_walk_pays); or what SPARSETRAIN_CPU_VALUE_BLOCK forces."""
+    blocks would walk their storage order (storage_walk_reuses); or what SPARSETRAIN_CPU_VALUE_BLOCK forces."""
     forced = forced_value_block()
     if forced is not None:
         return forced
-    element_size = torch.empty(0, dtype=dtype).element_size()
+    element_size = dtype.itemsize
     if nnz * element_size < L3_BYTES // VALUE_BLOCK_L3_FRACTION or n_rows == 0:
         return 0
     rows = max(1, min(n_rows, VALUE_BLOCK_BYTES // (max(1, nnz // n_rows) * element_size)))
-    if storage_walk_pays(n_rows, n_cols, nnz, rows, dtype, setting="auto"):
+    if storage_walk_reuses(n_rows, n_cols, nnz, rows, dtype):  # the default rule: blocks do not follow a force
         rows = max(rows, min(n_rows, WALKED_BLOCK_MAX_ROWS, rows * WALKED_BLOCK_SCALE))
     return rows
 
@@ -314,23 +315,31 @@ def storage_walk(crow: torch.Tensor, col: torch.Tensor, slots: torch.Tensor, blo
     return load().storage_walk(crow.contiguous(), col.contiguous(), slots.contiguous(), block_rows)
 
 
-def storage_walk_pays(n_rows: int, n_cols: int, nnz: int, block_rows: int, dtype: torch.dtype,
-                      setting: str | None = None) -> bool:
-    """Whether a row-block layer walks its storage order (:func:`spmm_storage` forward, :func:`grads_storage`
-    backward) rather than the CSR through its slots and the transposed CSR: for float32 and float64 values,
-    when a block uses each gathered row STORAGE_WALK_REUSE times or more on average; not for bfloat16 (its
-    forward's float32 sums move twice the bytes of its gathered rows: slower; its backward alone gained 2-9 %
-    of a step at most); or what ``setting`` (default: SPARSETRAIN_CPU_STORAGE_WALK) forces (1 / 0)."""
-    setting = setting or os.environ.get("SPARSETRAIN_CPU_STORAGE_WALK", "auto")
+def forced_storage_walk() -> bool | None:
+    """What SPARSETRAIN_CPU_STORAGE_WALK forces (1: walk, 0: never), None for 'auto'."""
+    setting = os.environ.get("SPARSETRAIN_CPU_STORAGE_WALK", "auto")
     if setting not in ("auto", "0", "1"):
         raise ConfigError(f"SPARSETRAIN_CPU_STORAGE_WALK={setting!r}: allowed are 'auto', '1' (always) or '0' (never)")
-    if block_rows <= 0:
-        return False
-    if setting != "auto":
-        return setting == "1"
-    if dtype not in (torch.float32, torch.float64) or n_rows == 0 or n_cols == 0:
+    return None if setting == "auto" else setting == "1"
+
+
+def storage_walk_reuses(n_rows: int, n_cols: int, nnz: int, block_rows: int, dtype: torch.dtype) -> bool:
+    """The default rule for walking a row-block layer's storage order: float32/float64 values whose blocks
+    use each gathered row STORAGE_WALK_REUSE times or more on average (not bfloat16: its forward's float32
+    sums move twice the bytes of its gathered rows, slower; its backward alone gained 2-9 % of a step)."""
+    if block_rows <= 0 or dtype not in (torch.float32, torch.float64) or n_rows == 0 or n_cols == 0:
         return False
     return min(block_rows, n_rows) * nnz >= STORAGE_WALK_REUSE * n_rows * n_cols
+
+
+def storage_walk_pays(n_rows: int, n_cols: int, nnz: int, block_rows: int, dtype: torch.dtype) -> bool:
+    """Whether a row-block layer walks its storage order (:func:`spmm_storage` forward, :func:`grads_storage`
+    backward) rather than the CSR through its slots and the transposed CSR: what
+    SPARSETRAIN_CPU_STORAGE_WALK forces, else :func:`storage_walk_reuses`."""
+    forced = forced_storage_walk()
+    if block_rows <= 0:
+        return False
+    return storage_walk_reuses(n_rows, n_cols, nnz, block_rows, dtype) if forced is None else forced
 
 
 def grads_transposed(ccol: torch.Tensor, row_t: torch.Tensor, perm_t: torch.Tensor, values: torch.Tensor,

@@ -55,7 +55,8 @@ def sparse_linear(x: torch.Tensor, values: torch.Tensor, crow: torch.Tensor, col
     entry — or a zero-argument callable returning it, so a layout builds it only when an input gradient is
     needed. ``slots``: the values are in row-block storage order, CSR entry p's value is ``values[slots[p]]``
     (``perm_t`` then holds storage positions too, and the value gradient comes back in storage order);
-    ``walk``: the layout's ``storage_walk()``, for a forward in storage order where our CPU kernels serve.
+    ``walk``: the layout's ``storage_walk()``, for forward and backward in storage order where our CPU
+    kernels serve.
     ``observer(x_fm, gy_fm)``, if given, is called in backward with the feature-major input (n_in, R) and
     output gradient (n_out, R): the hook dynamic-sparse methods use to score growth candidates without an
     extra pass.

@@ -145,11 +145,11 @@ class CompressedLayout(Layout):
         return self._slots
 
     def storage_walk(self, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, int] | None:
-        """``(walk, block_rows)`` for a forward in storage order — ``walk`` the (nnz, 2) (column, row) of each
-        storage position — where our CPU kernels serve a forward computing in ``dtype`` (default: the
-        values'; under autocast, bfloat16) and a block reuses its gathered rows enough
-        (``cpp_ext.storage_walk_pays``); None otherwise. Built on first use after a topology change (8 bytes
-        per active weight)."""
+        """``(walk, block_rows)`` for forward and backward in storage order — ``walk`` the (nnz, 2) (column,
+        row) of each storage position — where our CPU kernels serve a layer computing in ``dtype`` (default:
+        the values'; under autocast, bfloat16) and a block reuses its gathered rows enough
+        (``cpp_ext.storage_walk_pays``); None otherwise. Built with the transposed CSR after a topology change
+        (8 bytes per active weight)."""
         if not self._walks(dtype or self.values.dtype):
             return None
         if self._walk is None:
@@ -159,7 +159,7 @@ class CompressedLayout(Layout):
         return self._walk, self._block_rows
 
     def _walks(self, dtype: torch.dtype) -> bool:
-        """Whether a forward computing in ``dtype`` walks this layer's storage order (storage_walk)."""
+        """Whether a layer computing in ``dtype`` walks its storage order (storage_walk)."""
         if not self.blocked or self.values.device.type != "cpu":
             return False
         return implementation(self.values.device, dtype) is cpp_ext and cpp_ext.storage_walk_pays(
@@ -275,7 +275,7 @@ class CompressedLayout(Layout):
 
     def index_bytes(self) -> int:
         """Bytes of the index tensors held now (persistent, row pointers, and the transposed CSR with the
-        row-block slots if built)."""
+        row-block slots and the storage walk if built)."""
         held = (self.col, self.crow, *(self._transposed or ()),
                 *(t for t in (self._slots, self._walk) if t is not None))
         return sum(b.numel() * b.element_size() for b in held)
