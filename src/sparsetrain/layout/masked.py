@@ -57,6 +57,11 @@ class MaskedLayout(Layout):
         return self.weight * self.mask
 
     @torch.no_grad()
+    def set_slot_values(self, slot_ordered: torch.Tensor) -> None:
+        """Write the values given in slot order (row-major active positions) into the parameter."""
+        self.weight.view(-1)[self.linear_indices()] = slot_ordered.to(self.weight.dtype)
+
+    @torch.no_grad()
     def apply_mask_(self) -> None:
         """Zero the parameter outside the mask (after an optimizer step that moved inactive entries)."""
         self.weight.mul_(self.mask)
