@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from sparsetrain.cli import main
@@ -90,3 +91,35 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, tiny_config):
         _assert_same(_final(run), expected, run.name)
         assert _losses(run) == _losses(reference)
         assert json.loads((run / "summary.json").read_text())["test_accuracy"] == summary["test_accuracy"]
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_at(step):
+    def callback(trainer):
+        if trainer.step == step:
+            raise _Stop
+    return callback
+
+
+@pytest.mark.parametrize("stop", [45, 47, 51])  # newest checkpoint before, at (after removing) and after step 46
+def test_resume_across_the_forgetting_removal_is_bit_identical(tmp_path, tiny_config, stop):
+    tiny_config["train"].update(epochs=4, max_steps=None, checkpoint_every=2, keep_checkpoints=2)
+    tiny_config["forgetting"] = {"remove_n": 600, "remove_at": 0.5}  # removal after step 2 · 23 = 46
+    reference = tmp_path / "reference"
+    summary = Trainer(tiny_config, reference).fit()
+    run = tmp_path / "run"
+    with pytest.raises(_Stop):
+        Trainer(tiny_config, run, callbacks=[_stop_at(stop)]).fit()
+    resumed = Trainer.resume(run, progress=False)
+    assert resumed.fit()["data_removal"] == summary["data_removal"]
+    assert resumed.step == 74
+    expected = {**_final(reference), "forgetting": load_checkpoint(list_checkpoints(reference)[0])["forgetting"]}
+    _assert_same({**_final(run), "forgetting": load_checkpoint(list_checkpoints(run)[0])["forgetting"]}, expected)
+    assert expected["loader"]["removed"].numel() == 600
+    assert _losses(run) == _losses(reference)
+    assert [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "data"] == \
+        [r for r in map(json.loads, (reference / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "data"]
+    assert (run / "forgetting.json").read_text() == (reference / "forgetting.json").read_text()

@@ -39,8 +39,9 @@ def build_datasets(config: Mapping, *, test_only: bool = False) -> tuple[Any, An
     return train, test
 
 
-def build_loader(dataset, config: Mapping, *, train: bool, device: torch.device):
-    """A SeededLoader: shuffled with drop_last as configured for training, in order for evaluation."""
+def build_loader(dataset, config: Mapping, *, train: bool, device: torch.device, with_indices: bool = False):
+    """A SeededLoader: shuffled with drop_last as configured for training, in order for evaluation;
+    ``with_indices`` makes it yield example indices too (for forgetting statistics)."""
     from ..data import SeededLoader
 
     if device.type == "cuda" and hasattr(dataset, "to"):
@@ -48,7 +49,7 @@ def build_loader(dataset, config: Mapping, *, train: bool, device: torch.device)
     data = config["data"]
     if train:
         return SeededLoader(dataset, data["batch_size"], shuffle=True, drop_last=data["drop_last"],
-                            seed=config["seed"])
+                            seed=config["seed"], with_indices=with_indices)
     return SeededLoader(dataset, data["eval_batch_size"], shuffle=False, drop_last=False, seed=config["seed"])
 
 

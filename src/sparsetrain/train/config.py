@@ -238,6 +238,13 @@ SCHEMA: dict[str, Any] = {
         "progress": Field("bool", True, "show a tqdm progress bar"),
         "tensorboard": Field("bool", False, "also write TensorBoard events (needs tensorboard installed)"),
     },
+    "forgetting": {
+        "remove_n": Field("int", None, "remove this many training examples with the fewest forgetting events "
+                          "(null: off)", low=1, nullable=True),
+        "remove_at": Field("float", 70 / 160, "remove at the start of epoch round(remove_at * train.epochs)",
+                           low=0.0, high=1.0, low_open=True, high_open=True),
+        "keep_lowest_n": Field("int", 0, "keep this many lowest-count examples, remove the next remove_n", low=0),
+    },
 }
 
 
@@ -402,6 +409,9 @@ def _check_consistency(config: Mapping) -> None:
     root = config["data"]["root"]
     if root is not None and not Path(root).expanduser().is_dir():
         raise ConfigError(f"data.root must be an existing directory; got {root!r} (not found)")
+    if config["forgetting"]["remove_n"] is not None:
+        from .removal import removal_epoch
+        removal_epoch(config)
 
 
 def _check_options(field: str, given: Mapping, allowed: Sequence[str] | None) -> None:

@@ -2,10 +2,13 @@
 
 forward → loss → backward → ``optimizer.step()`` → ``method.step()`` (topology update when due) →
 metrics / evaluation / checkpoint. Everything a resumed run needs is in the checkpoint, so a run that
-is killed and resumed ends bit-identical (on CPU) to one that was never stopped.
+is killed and resumed ends bit-identical (on CPU) to one that was never stopped. With ``forgetting.remove_n``
+set, each step also records which examples the model got right, and once (at the start of epoch e_r) the
+least-forgotten examples leave the training set (methods/mest.md §2.7).
 """
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -16,6 +19,7 @@ from typing import Callable, Iterable, Mapping
 import torch
 import torch.nn.functional as F
 
+from ..data import ForgettingTracker
 from ..errors import ConfigError
 from ..nn import SparseModule
 from ..rng import derive_seed
@@ -25,6 +29,7 @@ from .config import dump_yaml, load_yaml, validate
 from .evaluate import evaluate
 from .metrics import MetricsLog, memory_record
 from .optim import build_optimizer
+from .removal import RemovalPlan, removal_epoch
 from .schedule import LRSchedule
 
 Callback = Callable[["Trainer"], None]
@@ -106,13 +111,21 @@ class Trainer:
     def build(self) -> None:
         cfg, train_cfg = self.config, self.config["train"]
         self.train_set, self.test_set = build_datasets(cfg)
-        self.loader = build_loader(self.train_set, cfg, train=True, device=self.device)
+        forgetting = cfg["forgetting"]["remove_n"] is not None
+        self.loader = build_loader(self.train_set, cfg, train=True, device=self.device, with_indices=forgetting)
         self.test_loader = build_loader(self.test_set, cfg, train=False, device=self.device)
         self.steps_per_epoch = len(self.loader)
         if self.steps_per_epoch == 0:
             raise ConfigError(f"data.batch_size={cfg['data']['batch_size']} with drop_last leaves no batch for "
                               f"{len(self.train_set)} training samples")
-        total = int(math.ceil(train_cfg["epochs"] * self.steps_per_epoch))
+        self.tracker: ForgettingTracker | None = None
+        self.removal_plan: RemovalPlan | None = None
+        if forgetting:
+            self.removal_plan = self._plan_removal()
+            self.tracker = ForgettingTracker(len(self.train_set))
+            total = self.removal_plan.total_steps(train_cfg["epochs"])
+        else:
+            total = int(math.ceil(train_cfg["epochs"] * self.steps_per_epoch))
         if train_cfg["max_steps"] is not None:
             total = min(total, train_cfg["max_steps"])
         self.total_steps = max(1, total)
@@ -126,15 +139,36 @@ class Trainer:
             self.score_loader = build_loader(self.train_set, {**cfg, "seed": derive_seed(cfg["seed"], _SCORE_TAG)},
                                              train=True, device=self.device)
         self._score_iter = None
-        self.schedule = LRSchedule.from_config(cfg["schedule"], total_steps=self.total_steps,
+        self.schedule = LRSchedule.from_config(cfg["schedule"], total_steps=self.virtual_step(self.total_steps),
                                                steps_per_epoch=self.steps_per_epoch)
         eval_every = train_cfg["eval_every_epochs"]
         self.eval_every_steps = max(1, round(eval_every * self.steps_per_epoch)) if eval_every > 0 else 0
         self.step = 0
         self.meter = _Meter()
         self.progress_state = {"topology_updates": 0, "elapsed_seconds": 0.0, "best_accuracy": None,
-                               "last_eval": None}
+                               "last_eval": None, "data_removal": None}
         self._built = True
+
+    def _plan_removal(self) -> RemovalPlan:
+        """Where the removal falls and how many batches a kept epoch has (assuming remove_n go)."""
+        fg, n = self.config["forgetting"], len(self.train_set)
+        if fg["remove_n"] + fg["keep_lowest_n"] >= n:
+            raise ConfigError(f"forgetting.remove_n + forgetting.keep_lowest_n must be below the training-set size "
+                              f"{n}; got {fg['remove_n']} + {fg['keep_lowest_n']}")
+        kept = self.loader.batches_per_epoch(n - fg["remove_n"])
+        if kept == 0:
+            raise ConfigError(f"forgetting.remove_n={fg['remove_n']} leaves {n - fg['remove_n']} examples: no batch "
+                              f"of data.batch_size={self.config['data']['batch_size']} with drop_last")
+        return RemovalPlan(epoch=removal_epoch(self.config), steps_per_epoch=self.steps_per_epoch,
+                           kept_steps_per_epoch=kept)
+
+    def virtual_step(self, step: int) -> int | float:
+        """``step`` in pre-removal step units (itself without removal): what the LR schedule and epochs count."""
+        return step if self.removal_plan is None else self.removal_plan.virtual(step)
+
+    def epoch_of(self, step: int) -> float:
+        """Training epochs done after ``step`` steps (a kept epoch after a removal counts as one)."""
+        return self.virtual_step(step) / self.steps_per_epoch
 
     def _restore(self) -> Path:
         path, state = ckpt.latest_checkpoint(self.run_dir, map_location=self.device)
@@ -147,6 +181,11 @@ class Trainer:
                                                f"uses method {self.config['method']['name']!r}")
                 self.method.load_state_dict(state["method"])
             self.loader.load_state_dict(state["loader"])
+            if self.tracker is not None:
+                if state.get("forgetting") is None:
+                    raise ckpt.CheckpointError(f"checkpoint {str(path)!r} has no forgetting statistics but the "
+                                               f"run sets forgetting.remove_n")
+                self.tracker.load_state_dict(state["forgetting"])
             if self.score_loader is not None:
                 self.score_loader.load_state_dict(state["score_loader"])
         except (RuntimeError, KeyError, ValueError) as exc:
@@ -189,8 +228,11 @@ class Trainer:
             if self.step == 0:
                 log.write(self._train_record(record_kind="init"))
             while self.step < self.total_steps:
-                for x, y in self.loader:
-                    self._train_step(x, y, log)
+                for x, y, *indices in self.loader:
+                    self._train_step(x, y, log, indices[0] if indices else None)
+                    if self.removal_plan is not None and self.step == self.removal_plan.step \
+                            and self.progress_state["data_removal"] is None:
+                        self._remove_examples(log)
                     self.progress_state["elapsed_seconds"] = time.perf_counter() - start
                     bar.update(1)
                     if self.step % cfg["train"]["log_every"] == 0 or self.step == self.total_steps:
@@ -199,8 +241,7 @@ class Trainer:
                         bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['accuracy']:.3f}",
                                         lr=f"{record['lr']:.2e}", refresh=False)
                         self.meter.reset()
-                    if (self.eval_every_steps and self.step % self.eval_every_steps == 0) \
-                            or self.step == self.total_steps:
+                    if self._eval_due() or self.step == self.total_steps:
                         log.write(self._eval_record())
                     every = cfg["train"]["checkpoint_every"]
                     if (every and self.step % every == 0) or self.step == self.total_steps:
@@ -214,10 +255,42 @@ class Trainer:
             log.close()
         return finish_summary(self)
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor, log: MetricsLog) -> None:
+    def _eval_due(self) -> bool:
+        """Every eval_every_epochs: a multiple of eval_every_steps in pre-removal units was reached by this step."""
+        every = self.eval_every_steps
+        if not every:
+            return False
+        if self.removal_plan is None or self.step <= self.removal_plan.step:
+            return self.step % every == 0
+        return math.floor(self.virtual_step(self.step) / every) > math.floor(self.virtual_step(self.step - 1) / every)
+
+    def _remove_examples(self, log: MetricsLog) -> None:
+        """Drop the examples the forgetting statistics select, reset the statistics, log and save the order."""
+        assert self.tracker is not None and self.removal_plan is not None
+        fg, n = self.config["forgetting"], len(self.train_set)
+        counts, stats = self.tracker.counts(), self.tracker.stats()
+        removed = self.tracker.removal(fg["remove_n"], fg["keep_lowest_n"])
+        in_order = removed[torch.sort(counts[removed], stable=True).indices]  # by (F, index), as chosen
+        self.loader.remove(removed)
+        self.tracker.reset()
+        info = {"step": self.step, "epoch": self.removal_plan.epoch, "requested": fg["remove_n"],
+                "keep_lowest_n": fg["keep_lowest_n"], "removed": int(removed.numel()),
+                "remaining": n - int(removed.numel()), "unforgettable": stats["unforgettable"],
+                "never_learned": stats["never_learned"], "forgetting_events": stats["forgetting_events"]}
+        self.progress_state["data_removal"] = dict(info)
+        log.write({"kind": "data", **info})
+        order = {**info, "indices": in_order.tolist(), "forgetting_counts": counts[in_order].tolist()}
+        (self.run_dir / "forgetting.json").write_text(json.dumps(order) + "\n")
+        if removed.numel() < fg["remove_n"]:
+            print(f"warning: forgetting removed only {removed.numel()} of forgetting.remove_n={fg['remove_n']} "
+                  f"examples: the others were never learned (they are never removed); the run keeps its "
+                  f"planned {self.total_steps} steps", file=sys.stderr)
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor, log: MetricsLog,
+                    indices: torch.Tensor | None = None) -> None:
         cfg = self.config
         t0 = time.perf_counter()
-        lr = cfg["optim"]["lr"] * self.schedule.factor(self.step)
+        lr = cfg["optim"]["lr"] * self.schedule.factor(self.virtual_step(self.step))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
@@ -237,9 +310,12 @@ class Trainer:
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"training loss became {loss_value} at step {self.step}; "
                                      f"lower optim.lr (now {cfg['optim']['lr']}) or check the data")
+        correct = logits.detach().argmax(dim=1) == y
+        if self.tracker is not None and indices is not None:
+            self.tracker.record(indices, correct)
         m = self.meter
         m.loss += loss_value * y.numel()
-        m.correct += int((logits.detach().argmax(dim=1) == y).sum())
+        m.correct += int(correct.sum())
         m.count += y.numel()
         m.steps += 1
         m.seconds += seconds
@@ -247,7 +323,7 @@ class Trainer:
         if stats is not None:
             self.progress_state["topology_updates"] += 1
             active, total = sparsity_totals(self.model)
-            log.write({"kind": "update", "step": self.step, "epoch": self.step / self.steps_per_epoch,
+            log.write({"kind": "update", "step": self.step, "epoch": self.epoch_of(self.step),
                        "active_weights": active, "sparsity": 1 - active / total, "stats": stats,
                        "layer_density": layer_densities(self.model), "update_seconds": seconds})
 
@@ -269,8 +345,8 @@ class Trainer:
     def _train_record(self, record_kind: str = "train") -> dict:
         m = self.meter
         active, total = sparsity_totals(self.model)
-        record = {"kind": record_kind, "step": self.step, "epoch": self.step / self.steps_per_epoch,
-                  "lr": self.config["optim"]["lr"] * self.schedule.factor(max(0, self.step - 1)),
+        record = {"kind": record_kind, "step": self.step, "epoch": self.epoch_of(self.step),
+                  "lr": self.config["optim"]["lr"] * self.schedule.factor(self.virtual_step(max(0, self.step - 1))),
                   "active_weights": active, "sparsity": (1 - active / total) if total else 0.0,
                   "topology_updates": self.progress_state["topology_updates"], **memory_record(self.device)}
         if m.count:
@@ -285,7 +361,7 @@ class Trainer:
         best = self.progress_state["best_accuracy"]
         self.progress_state["best_accuracy"] = result["accuracy"] if best is None else max(best, result["accuracy"])
         self.progress_state["last_eval"] = {"loss": result["loss"], "accuracy": result["accuracy"]}
-        return {"kind": "eval", "step": self.step, "epoch": self.step / self.steps_per_epoch,
+        return {"kind": "eval", "step": self.step, "epoch": self.epoch_of(self.step),
                 "loss": result["loss"], "accuracy": result["accuracy"], "samples": result["samples"],
                 "eval_seconds": time.perf_counter() - t0, "layer_density": layer_densities(self.model)}
 
@@ -296,6 +372,7 @@ class Trainer:
             "method": self.method.state_dict() if self.method is not None else None,
             "loader": self.loader.state_dict(),
             "score_loader": self.score_loader.state_dict() if self.score_loader is not None else None,
+            "forgetting": self.tracker.state_dict() if self.tracker is not None else None,
             "schedule": {"step": self.step},
             "meter": self.meter.state_dict(),
             "progress": dict(self.progress_state),

@@ -28,7 +28,7 @@ def finish_summary(trainer: "Trainer") -> dict:
         "name": cfg["name"], "run_dir": str(trainer.run_dir),
         "method": cfg["method"]["name"], "model": cfg["model"]["name"], "dataset": cfg["data"]["name"],
         "target_sparsity": cfg["sparse"]["sparsity"] if cfg["method"]["name"] != "dense" else 0.0,
-        "steps": trainer.step, "epochs": trainer.step / trainer.steps_per_epoch,
+        "steps": trainer.step, "epochs": trainer.epoch_of(trainer.step),
         "test_accuracy": last.get("accuracy"), "test_loss": last.get("loss"),
         "best_test_accuracy": state["best_accuracy"],
         "topology_updates": state["topology_updates"],
@@ -37,6 +37,7 @@ def finish_summary(trainer: "Trainer") -> dict:
         **memory_record(trainer.device),
         "versions": {"sparsetrain": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "account": acc.as_dict(),
+        "data_removal": _data_removal(trainer),
     }
     (trainer.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     lines = [
@@ -55,8 +56,28 @@ def finish_summary(trainer: "Trainer") -> dict:
                     f"({summary['epochs']:.1f} epochs) on {trainer.device}"),
         _kv("topology updates", str(summary["topology_updates"])),
     ]
+    removal = summary["data_removal"]
+    if removal is not None:
+        lines.append(_kv("data removed", f"{removal['removed']:,} of {removal['removed'] + removal['remaining']:,} "
+                                         f"examples at epoch {removal['epoch']} (forgetting statistics); "
+                                         f"{trainer.step:,} steps vs {removal['steps_without_removal']:,} for the "
+                                         f"same epochs without removal (saved {removal['steps_saved']:,})"))
     print("\n".join(lines), file=sys.stdout, flush=True)
     return summary
+
+
+def _data_removal(trainer: "Trainer") -> dict | None:
+    """What the forgetting removal did and the steps it saved (None when forgetting is off)."""
+    plan = trainer.removal_plan
+    if plan is None:
+        return None
+    done = trainer.progress_state.get("data_removal")
+    without = plan.steps_without_removal(trainer.step) if done is not None else trainer.step
+    n = len(trainer.train_set)
+    return {"requested": trainer.config["forgetting"]["remove_n"], "epoch": plan.epoch,
+            "removed": done["removed"] if done else 0, "remaining": done["remaining"] if done else n,
+            "unforgettable": done["unforgettable"] if done else None,
+            "steps_without_removal": without, "steps_saved": without - trainer.step}
 
 
 def _pct(value) -> str:
