@@ -12,7 +12,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .layout import CompressedLayout
+from .layout import CompressedLayout, DiagonalLayout
+
+#: Layer kinds that execute sparse FLOPs.
+SPARSE_KINDS = ("compressed", "diagonal")
 from .nn import SparseModule
 
 
@@ -21,7 +24,7 @@ class LayerAccount:
     """One weight matrix. ``active``/``total`` count weights; bytes are what storage really holds."""
 
     name: str
-    kind: str  # 'compressed' | 'masked' | 'dense'
+    kind: str  # 'compressed' | 'diagonal' | 'masked' | 'dense' | 'diagonal-all' (DynaDiag reference mode)
     shape: tuple[int, ...]
     active: int
     total: int
@@ -41,8 +44,8 @@ class LayerAccount:
 
     @property
     def executed_train_flops(self) -> int | None:
-        """FLOPs the hardware executes: sparse for compressed layers, dense otherwise."""
-        flops = self.forward_flops if self.kind == "compressed" else self.dense_forward_flops
+        """FLOPs the hardware executes: sparse for compressed and diagonal layers, dense otherwise."""
+        flops = self.forward_flops if self.kind in SPARSE_KINDS else self.dense_forward_flops
         return None if flops is None else 3 * flops
 
 
@@ -86,7 +89,7 @@ class ModelAccount:
         header = ("layer", "kind", "shape", "active / total", "sparsity", "stored", "train FLOPs/sample")
         rows = []
         for l in self.layers:
-            rows.append((l.name or "<root>", l.kind + ("*" if l.kind != "compressed" else ""),
+            rows.append((l.name or "<root>", l.kind + ("*" if l.kind not in SPARSE_KINDS else ""),
                          "x".join(map(str, l.shape)), f"{l.active:,} / {l.total:,}", f"{l.sparsity:.2%}",
                          format_bytes(l.value_bytes + l.index_bytes), format_count(l.executed_train_flops)))
         t = self.totals
@@ -99,7 +102,7 @@ class ModelAccount:
         out.append(f"other parameters (bias, norm, embeddings): {self.other_parameters:,} "
                    f"({format_bytes(self.other_bytes)}); all parameters stored: {format_bytes(t['parameter_bytes'])}"
                    f" vs {format_bytes(t['dense_parameter_bytes'])} dense fp32")
-        if any(l.kind != "compressed" for l in self.layers):
+        if any(l.kind not in SPARSE_KINDS for l in self.layers):
             out.append("* masked-dense or dense layers: they execute dense FLOPs and store the dense weight")
         return "\n".join(out)
 
@@ -162,6 +165,10 @@ def account(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> Mod
             total, active = math.prod(shape), m.nnz
             if isinstance(m.layout, CompressedLayout):
                 kind, value_bytes, index_bytes = "compressed", active * param.element_size(), m.layout.index_bytes()
+            elif isinstance(m.layout, DiagonalLayout):  # values (K or all P diagonals) + the offsets
+                kind = "diagonal" if getattr(m, "mode", "sparse") == "sparse" else "diagonal-all"
+                value_bytes = param.numel() * param.element_size()
+                index_bytes = m.layout.offsets.numel() * m.layout.offsets.element_size()
             else:
                 kind, value_bytes, index_bytes = "masked", total * param.element_size(), total  # bool mask
         else:

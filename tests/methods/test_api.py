@@ -13,7 +13,7 @@ from sparsetrain.errors import ConfigError
 
 
 def test_available_and_hyperparameters():
-    assert methods.available() == ["gse", "mest", "rigl", "set", "snfs", "static"]
+    assert methods.available() == ["dynadiag", "gse", "mest", "rigl", "set", "snfs", "static"]
     gse = methods.hyperparameters("gse")
     for key in ("alpha", "alpha_schedule", "delta_t", "t_end", "gamma", "sampler", "scope", "exhaustive_density",
                 "score_batches", "k_rounding"):
@@ -35,7 +35,7 @@ def _layer_and_opt():
 
 
 @pytest.mark.parametrize("name,kwargs,match", [
-    ("lottery", {}, "method must be one of 'gse', 'mest', 'rigl', 'set', 'snfs', 'static'; got 'lottery'"),
+    ("lottery", {}, "method must be one of 'dynadiag', 'gse', 'mest', 'rigl', 'set', 'snfs', 'static'; got 'lottery'"),
     ("gse", {"gama": 1.0}, r"unknown hyperparameter\(s\) \['gama'\] for method 'gse'; allowed: .*gamma"),
     ("static", {"alpha": 0.1}, "allowed: none"),
     ("gse", {"sampler": "best"}, "sampler must be one of 'uniform', 'grabo', 'graest'; got 'best'"),

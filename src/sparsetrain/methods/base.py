@@ -26,7 +26,7 @@ from torch import nn
 
 from .. import rng
 from ..errors import ConfigError, check_choice, check_int, check_number
-from ..layout import MaskedLayout
+from ..layout import DiagonalLayout, MaskedLayout
 from ..nn import SparseModule, sparse_layers
 from ..schedule import Constant, Cosine, Schedule, UpdatePredicate, parse_schedule, schedule_spec
 from .scores import Observed
@@ -118,6 +118,8 @@ class Method:
     parameters: ClassVar[dict[str, Any]] = {}
     #: Whether growth needs the batch's (x_fm, gy_fm) from the layers' backward.
     uses_gradient: ClassVar[bool] = False
+    #: Whether the method trains DiagonalLinear layers (they change by whole diagonals, not by entries).
+    trains_diagonals: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, total_steps: int, seed: int = 0,
                  **hyperparameters: Any):
@@ -134,6 +136,10 @@ class Method:
         if not self.layers:
             raise ConfigError(f"method {self.name!r}: the model has no sparse layer (SparseLinear, SparseConv2d, "
                               "MaskedLinear, MaskedConv2d); call sparsetrain.sparsify(model, sparsity) first")
+        diagonal = [layer.name or "<root>" for layer in self.layers if isinstance(layer.layout, DiagonalLayout)]
+        if diagonal and not self.trains_diagonals:
+            raise ConfigError(f"method {self.name!r} cannot train the diagonal layer(s) {diagonal}; DiagonalLinear "
+                              "layers (sparsify layout='diagonal') are trained by method 'dynadiag'")
         self.hp: dict[str, Any] = {**self.parameters, **hyperparameters}
         self.explicit = frozenset(hyperparameters)
         self.t = 0

@@ -12,6 +12,7 @@ from ..density import DISTRIBUTIONS, active_count, layer_densities, match_overri
 from ..errors import ConfigError, check_choice, check_sparsity
 from ..layout import LAYOUTS
 from .conv import MaskedConv2d, SparseConv2d
+from .diagonal import DiagonalLinear
 from .linear import MaskedLinear, SparseLinear
 
 _TARGETS = (nn.Linear, nn.Conv2d)
@@ -30,6 +31,10 @@ def _excluded(name: str, patterns: Iterable[str]) -> bool:
 def _replacement(module: nn.Module, layout: str, nnz: int, generator, dense_grad: bool) -> nn.Module:
     device, dtype = module.weight.device, module.weight.dtype
     bias = module.bias is not None
+    if layout == "diagonal":  # nn.Linear only (checked by sparsify)
+        out_features, in_features = module.weight.shape
+        return DiagonalLinear(in_features, out_features, sparsity=1.0 - nnz / (out_features * in_features), bias=bias,
+                              generator=generator, device=device, dtype=dtype)
     if isinstance(module, nn.Linear):
         cls = SparseLinear if layout == "compressed" else MaskedLinear
         extra = {} if layout == "compressed" else {"dense_grad": dense_grad}
@@ -65,6 +70,9 @@ def sparsify(model: nn.Module, sparsity: float, *, distribution: str = "erk", la
     if not targets:
         raise ConfigError("sparsify found no nn.Linear or nn.Conv2d layer to sparsify")
     for name, m in targets.items():
+        if isinstance(m, nn.Conv2d) and layout == "diagonal":
+            raise ConfigError(f"layer {name!r} is a Conv2d; layout='diagonal' (DynaDiag) supports nn.Linear only: add "
+                              "it to exclude")
         if isinstance(m, nn.Conv2d) and layout == "compressed" and m.groups != 1:
             raise ConfigError(f"layer {name!r} is a conv with groups={m.groups}; layout='compressed' supports "
                               f"groups=1 only: add it to exclude or use layout='masked'")

@@ -7,14 +7,16 @@ import torch
 from torch import nn
 
 from ..errors import check_choice
+from ..nn import param_groups
 from .config import OPTIMIZERS
 
 
 def build_optimizer(model: nn.Module, optim: Mapping) -> torch.optim.Optimizer:
-    """One parameter group at ``optim.lr``; the schedule rescales ``lr`` each step from ``initial_lr``."""
+    """Parameter groups at ``optim.lr`` (DynaDiag's diagonal importances α in a group without weight decay,
+    D3); the schedule rescales ``lr`` each step from ``initial_lr``."""
     name = check_choice(optim["name"], "optim.name", OPTIMIZERS)
-    params = [p for p in model.parameters() if p.requires_grad]
     lr, wd = float(optim["lr"]), float(optim["weight_decay"])
+    params = param_groups(model, wd)
     if name == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr, momentum=float(optim["momentum"]),
                                                      nesterov=bool(optim["nesterov"]), weight_decay=wd)
