@@ -123,3 +123,29 @@ def test_resume_across_the_forgetting_removal_is_bit_identical(tmp_path, tiny_co
     assert [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "data"] == \
         [r for r in map(json.loads, (reference / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "data"]
     assert (run / "forgetting.json").read_text() == (reference / "forgetting.json").read_text()
+
+
+@pytest.mark.parametrize("method,sparse,hp", [
+    ("mest", {}, {"delta_t": 4, "soft_memory_bound": True, "lam": 0.1}),
+    ("dynadiag", {"layout": "diagonal", "distribution": "uniform"}, {"freeze_at": 0.5}),
+])
+def test_resume_of_mest_and_dynadiag_is_bit_identical(tmp_path, tiny_config, method, sparse, hp):
+    """Stopped after the checkpoint of step 10 and resumed: the same weights, topology (MEST's overshoot,
+    DynaDiag's selection, temperature and freeze), optimizer and method state as an uninterrupted run."""
+    tiny_config["method"] = {"name": method, method: hp}
+    tiny_config["sparse"].update(sparse)
+    tiny_config["optim"] = {"name": "adam", "lr": 0.01, "weight_decay": 1e-4}
+    tiny_config["train"].update(checkpoint_every=10)
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    Trainer(tiny_config, reference).fit()
+    with pytest.raises(_Stop):
+        Trainer(tiny_config, run, callbacks=[_stop_at(13)]).fit()
+    Trainer.resume(run, progress=False).fit()
+    expected = _final(reference)
+    _assert_same(_final(run), expected)
+    assert _losses(run) == _losses(reference)
+    if method == "mest":
+        assert expected["method"]["updates"] == 8   # t_0 at creation + every 4 steps of 30
+    else:
+        frozen = [key for key in expected["model"] if key.endswith(".frozen")]
+        assert frozen and all(bool(expected["model"][key]) for key in frozen)   # frozen at step 15 of 30
