@@ -110,3 +110,10 @@ def test_transpose_ab_quick(tmp_path, monkeypatch):
     assert [r["case"].split(",")[0] for r in rows] == ["transposed CSR", "row-block storage after a merge"]
     assert [len(r["variants"]) for r in rows] == [2, 4]
     assert all(v["median_s"] > 0 and v["reps"] == 2 for r in rows for v in r["variants"].values())
+
+
+def test_diagonal_bench_quick(tmp_path, monkeypatch):
+    rows = _run_script("diagonal_bench.py", ["--quick", "--rounds", "1"], tmp_path / "d.json", monkeypatch)["rows"]
+    assert [r["shape"] for r in rows] == ["256x256"]
+    assert all(r[f"{key}_ms"] > 0 for r in rows for key in ("dense", "unstructured", "diagonal"))
+    assert rows[0]["nnz"] == rows[0]["diagonals"] * 256

@@ -393,6 +393,22 @@ def transpose_order(col: torch.Tensor, n_cols: int) -> tuple[torch.Tensor, torch
     return tuple(load().transpose_order(col.contiguous(), int(n_cols)))  # type: ignore[return-value]
 
 
+# --- diagonal layers (dispatch and torch versions in diagonal.py) --------------------------------------
+def diag_gather(z: torch.Tensor, offsets: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """(B, D): out[b, t] = Σ_k w[k, t] · z[b, (t + offsets[k]) mod P]."""
+    return load().diag_gather(z.contiguous(), offsets.long().contiguous(), w.contiguous())
+
+
+def diag_scatter(u: torch.Tensor, offsets: torch.Tensor, w: torch.Tensor, p: int) -> torch.Tensor:
+    """(B, P): out[b, (t + offsets[k]) mod P] += w[k, t] · u[b, t]."""
+    return load().diag_scatter(u.contiguous(), offsets.long().contiguous(), w.contiguous(), int(p))
+
+
+def diag_correlate(z: torch.Tensor, u: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """(K, D): out[k, t] = Σ_b u[b, t] · z[b, (t + offsets[k]) mod P]."""
+    return load().diag_correlate(z.contiguous(), u.contiguous(), offsets.long().contiguous())
+
+
 # --- topology operations (dispatch and torch versions in topology.py) ----------------------------------
 def linear_index(row: torch.Tensor, col: torch.Tensor, n_cols: int) -> torch.Tensor:
     return load().linear_index(row.contiguous(), col.contiguous(), int(n_cols))

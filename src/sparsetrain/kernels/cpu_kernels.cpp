@@ -2889,6 +2889,252 @@ torch::Tensor csr_linear(torch::Tensor crow, torch::Tensor col, torch::Tensor sl
   return out;
 }
 
+
+// ---------------------------------------------------------------------------------------------------------
+// Diagonal layers (DynaDiag, kernels/diagonal.py): K wrap-around diagonals of an M x N weight. The long side
+// (P = max(M, N)) is the wrapped side, the short one (D = min(M, N)) the straight side; diagonal k pairs
+// straight index t with wrapped index (t + off[k]) mod P. Operands are batch-major rows (B, P) and (B, D).
+//
+// All three primitives are one register-tiled loop: kDiagLanes accumulator rows of a span of contiguous
+// outputs stay in registers while a reduction index runs (the diagonals for gather and scatter, the batch
+// for correlate); each step loads one shared operand span and one span per lane, unaligned, so a
+// multiply-add costs one load and no store. The scatter is computed in gather form, out[b, s] =
+// sum_k w[k, t] u[b, t] with t = (s - off[k]) mod P where t < D, so its outputs stay in registers too and
+// every output is written by one thread. Locality: diagonals are taken in bands whose offsets span at most
+// kDiagBand, so while the output spans of a band advance, the operand rows a band reads form a sliding
+// window of (band + span) entries per lane, which stays in L1. Spans that wrap past P, run past D or end
+// a row take a scalar path into a side buffer (a few per diagonal).
+constexpr int kDiagLanes = 4;
+#if defined(__AVX512F__)
+constexpr int kDiagVecs = 2;  // 4 x 2 zmm accumulators: enough independent chains to cover FMA latency
+#else
+constexpr int kDiagVecs = 1;  // 4 x 1 x (2 ymm): 8 of the 16 AVX2 registers
+#endif
+constexpr int64_t kDiagBand = 1024;      // widest offset range of the diagonals one band holds
+constexpr int64_t kDiagRowGroup = 32;    // batch rows per parallel chunk (gather, scatter)
+constexpr int64_t kDiagOutRange = 1024;  // output indices per parallel chunk
+constexpr int64_t kDiagBatchBlock = 8;   // batch rows summed per pass (correlate)
+
+template <typename T>
+struct DiagTile {
+  using V = typename Simd<T>::V;
+  using U = typename Simd<T>::Unaligned;
+  static constexpr int kW = sizeof(V) / sizeof(T);
+  static constexpr int kSpan = kDiagVecs * kW;  // contiguous outputs per lane
+  V acc[kDiagLanes][kDiagVecs];
+  T side[kDiagLanes][kSpan];
+
+  // lane l starts from src[0, n): in the registers for a full span, else on the side
+  inline void load(int l, const T* src, int64_t n) {
+    for (int i = 0; i < kSpan; ++i) side[l][i] = T(0);
+    if (n == kSpan) {
+#pragma GCC unroll 4
+      for (int v = 0; v < kDiagVecs; ++v) acc[l][v] = *reinterpret_cast<const U*>(src + v * kW);
+    } else {
+#pragma GCC unroll 4
+      for (int v = 0; v < kDiagVecs; ++v) acc[l][v] = V{};
+      for (int64_t i = 0; i < n; ++i) side[l][i] = src[i];
+    }
+  }
+  // acc[l] += a[0, kSpan) * z[l][0, kSpan)
+  inline void fma(const T* a, const T* const* z) {
+    V av[kDiagVecs];
+#pragma GCC unroll 4
+    for (int v = 0; v < kDiagVecs; ++v) av[v] = *reinterpret_cast<const U*>(a + v * kW);
+#pragma GCC unroll 4
+    for (int l = 0; l < kDiagLanes; ++l)
+#pragma GCC unroll 4
+      for (int v = 0; v < kDiagVecs; ++v) acc[l][v] += av[v] * *reinterpret_cast<const U*>(z[l] + v * kW);
+  }
+  // dst[0, n) = (acc + side)[l][0, n)
+  inline void store(int l, T* dst, int64_t n) const {
+    T buf[kSpan];
+    for (int v = 0; v < kDiagVecs; ++v) {
+      V tmp = acc[l][v];
+      std::memcpy(buf + v * kW, &tmp, sizeof(V));
+    }
+    for (int64_t i = 0; i < n; ++i) dst[i] = buf[i] + side[l][i];
+  }
+};
+
+static void check_diagonal_offsets(const torch::Tensor& offsets, int64_t p) {
+  TORCH_CHECK_VALUE(offsets.device().is_cpu() && offsets.dim() == 1 && offsets.scalar_type() == torch::kInt64,
+                    "offsets must be a 1-D int64 CPU tensor");
+  auto o = offsets.data_ptr<int64_t>();
+  for (int64_t k = 0; k < offsets.numel(); ++k)
+    TORCH_CHECK_VALUE(o[k] >= 0 && o[k] < p, "offsets must lie in [0, P=", p, ")");
+}
+
+static void check_diagonal_weight(const torch::Tensor& offsets, const torch::Tensor& w, int64_t p) {
+  TORCH_CHECK_VALUE(w.dim() == 2 && w.size(0) == offsets.numel(), "w must be (K, D) with K = offsets.numel()");
+  TORCH_CHECK_VALUE(w.size(1) <= p, "the diagonal length D must not exceed P");
+  check_diagonal_offsets(offsets, p);
+}
+
+// Boundaries of the bands: consecutive diagonals whose offsets span at most kDiagBand (any order is
+// correct; sorted offsets, as layouts keep them, make the bands dense) and at most `max_count` of them.
+static std::vector<int64_t> diagonal_bands(const int64_t* op, int64_t k, int64_t max_count) {
+  std::vector<int64_t> bounds{0};
+  int64_t lo = 0, hi = 0;
+  for (int64_t q = 0; q < k; ++q) {
+    if (q == bounds.back()) { lo = hi = op[q]; continue; }
+    lo = std::min(lo, op[q]);
+    hi = std::max(hi, op[q]);
+    if (hi - lo > kDiagBand || q - bounds.back() >= max_count) { bounds.push_back(q); lo = hi = op[q]; }
+  }
+  if (k > 0) bounds.push_back(k);
+  return bounds;
+}
+
+// Gather (kScatter = false): out (B, D), out[b, t] = sum_k w[k, t] * x[b, (t + off[k]) mod P], x (B, P).
+// Scatter (kScatter = true):  out (B, P), out[b, s] += w[k, t] * x[b, t] at s = (t + off[k]) mod P, x (B, D).
+template <typename T, bool kScatter>
+void diagonal_rows(const T* xp, const T* wp, const int64_t* op, T* outp, int64_t b, int64_t k, int64_t p,
+                   int64_t d) {
+  using Tile = DiagTile<T>;
+  const int64_t width = kScatter ? p : d, x_width = kScatter ? d : p;
+  const auto bands = diagonal_bands(op, k, k);
+  const int64_t ranges = (width + kDiagOutRange - 1) / kDiagOutRange;
+  const int64_t groups = (b + kDiagRowGroup - 1) / kDiagRowGroup;
+  parallel_chunks(team_size(b * k * d), ranges * groups, [&](int64_t c) {
+    const int64_t x_lo = (c % ranges) * kDiagOutRange, x_hi = std::min(width, x_lo + kDiagOutRange);
+    const int64_t g0 = (c / ranges) * kDiagRowGroup, g1 = std::min(b, g0 + kDiagRowGroup);
+    for (int64_t r0 = g0; r0 < g1; r0 += kDiagLanes) {
+      const T* rows[kDiagLanes];
+      for (int l = 0; l < kDiagLanes; ++l) rows[l] = xp + std::min(r0 + l, g1 - 1) * x_width;  // dead lanes repeat
+      const int lanes = int(std::min<int64_t>(kDiagLanes, g1 - r0));
+      for (size_t band = 0; band + 1 < bands.size(); ++band) {
+        for (int64_t x0 = x_lo; x0 < x_hi; x0 += Tile::kSpan) {
+          const int64_t n = std::min<int64_t>(Tile::kSpan, x_hi - x0);
+          Tile tile;
+          for (int l = 0; l < kDiagLanes; ++l) tile.load(l, outp + std::min(r0 + l, g1 - 1) * width + x0, n);
+          for (int64_t q = bands[band]; q < bands[band + 1]; ++q) {
+            const T* zs[kDiagLanes];
+            if constexpr (!kScatter) {
+              const T* a = wp + q * d + x0;
+              const int64_t s = x0 + op[q], start = s >= p ? s - p : s;  // s < P + D <= 2P
+              if (n == Tile::kSpan && start + n <= p) {
+                for (int l = 0; l < kDiagLanes; ++l) zs[l] = rows[l] + start;
+                tile.fma(a, zs);
+              } else {
+                for (int l = 0; l < kDiagLanes; ++l)
+                  for (int64_t i = 0; i < n; ++i) tile.side[l][i] += a[i] * rows[l][start + i >= p ? start + i - p : start + i];
+              }
+            } else {
+              const int64_t t = x0 >= op[q] ? x0 - op[q] : x0 - op[q] + p;  // straight index of output x0
+              if (n == Tile::kSpan && t + n <= d) {
+                for (int l = 0; l < kDiagLanes; ++l) zs[l] = rows[l] + t;
+                tile.fma(wp + q * d + t, zs);
+              } else if (!(t >= d && t + n <= p)) {  // else the span lies where this diagonal has no entry
+                const T* a = wp + q * d;
+                for (int64_t i = 0; i < n; ++i) {
+                  const int64_t ti = t + i >= p ? t + i - p : t + i;
+                  if (ti < d)
+                    for (int l = 0; l < kDiagLanes; ++l) tile.side[l][i] += a[ti] * rows[l][ti];
+                }
+              }
+            }
+          }
+          for (int l = 0; l < lanes; ++l) tile.store(l, outp + (r0 + l) * width + x0, n);
+        }
+      }
+    }
+  });
+}
+
+// out (B, D): out[b, t] = sum_k w[k, t] * z[b, (t + off[k]) mod P]
+torch::Tensor diag_gather(torch::Tensor z, torch::Tensor offsets, torch::Tensor w) {
+  TORCH_CHECK_VALUE(z.device().is_cpu() && z.dim() == 2, "z must be a 2-D CPU tensor");
+  TORCH_CHECK_VALUE(w.scalar_type() == z.scalar_type(), "z and w must have one dtype");
+  const int64_t b = z.size(0), p = z.size(1), d = w.size(1), k = w.size(0);
+  check_diagonal_weight(offsets, w, p);
+  auto zc = z.contiguous(), wc = w.contiguous(), oc = offsets.contiguous();
+  auto out = torch::zeros({b, d}, z.options());
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "diag_gather", [&] {
+    diagonal_rows<scalar_t, false>(zc.data_ptr<scalar_t>(), wc.data_ptr<scalar_t>(), oc.data_ptr<int64_t>(),
+                                   out.data_ptr<scalar_t>(), b, k, p, d);
+  });
+  return out;
+}
+
+// out (B, P): out[b, (t + off[k]) mod P] += w[k, t] * u[b, t]
+torch::Tensor diag_scatter(torch::Tensor u, torch::Tensor offsets, torch::Tensor w, int64_t p) {
+  TORCH_CHECK_VALUE(u.device().is_cpu() && u.dim() == 2 && u.size(1) == w.size(1), "u must be a (B, D) CPU tensor");
+  TORCH_CHECK_VALUE(w.scalar_type() == u.scalar_type(), "u and w must have one dtype");
+  const int64_t b = u.size(0), d = w.size(1), k = w.size(0);
+  check_diagonal_weight(offsets, w, p);
+  auto uc = u.contiguous(), wc = w.contiguous(), oc = offsets.contiguous();
+  auto out = torch::zeros({b, p}, u.options());
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "diag_scatter", [&] {
+    diagonal_rows<scalar_t, true>(uc.data_ptr<scalar_t>(), wc.data_ptr<scalar_t>(), oc.data_ptr<int64_t>(),
+                                  out.data_ptr<scalar_t>(), b, k, p, d);
+  });
+  return out;
+}
+
+// out (K, D): out[k, t] = sum_b u[b, t] * z[b, (t + off[k]) mod P]. Chunks are (band, output range); in a
+// chunk, blocks of kDiagBatchBlock batch rows are summed into the band's outputs, span by span, 4
+// diagonals (lanes) at a time sharing each u span.
+torch::Tensor diag_correlate(torch::Tensor z, torch::Tensor u, torch::Tensor offsets) {
+  TORCH_CHECK_VALUE(z.device().is_cpu() && u.device().is_cpu() && z.dim() == 2 && u.dim() == 2 && z.size(0) == u.size(0),
+                    "z (B, P) and u (B, D) must be 2-D CPU tensors with one batch size");
+  TORCH_CHECK_VALUE(z.scalar_type() == u.scalar_type(), "z and u must have one dtype");
+  const int64_t b = z.size(0), p = z.size(1), d = u.size(1), k = offsets.numel();
+  TORCH_CHECK_VALUE(d <= p, "the diagonal length D must not exceed P");
+  check_diagonal_offsets(offsets, p);
+  auto zc = z.contiguous(), uc = u.contiguous(), oc = offsets.contiguous();
+  auto out = torch::zeros({k, d}, z.options());
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "diag_correlate", [&] {
+    using Tile = DiagTile<scalar_t>;
+    const scalar_t* zp = zc.data_ptr<scalar_t>();
+    const scalar_t* up = uc.data_ptr<scalar_t>();
+    const int64_t* op = oc.data_ptr<int64_t>();
+    scalar_t* outp = out.data_ptr<scalar_t>();
+    const auto bands = diagonal_bands(op, k, 64);
+    const int64_t n_bands = int64_t(bands.size()) - 1, ranges = (d + kDiagOutRange - 1) / kDiagOutRange;
+    parallel_chunks(team_size(b * k * d), std::max<int64_t>(0, n_bands) * ranges, [&](int64_t c) {
+      const int64_t t_lo = (c % ranges) * kDiagOutRange, t_hi = std::min(d, t_lo + kDiagOutRange);
+      const int64_t band = c / ranges;
+      for (int64_t r0 = 0; r0 < b; r0 += kDiagBatchBlock) {
+        const int64_t r1 = std::min(b, r0 + kDiagBatchBlock);
+        for (int64_t t0 = t_lo; t0 < t_hi; t0 += Tile::kSpan) {
+          const int64_t n = std::min<int64_t>(Tile::kSpan, t_hi - t0);
+          for (int64_t q0 = bands[band]; q0 < bands[band + 1]; q0 += kDiagLanes) {
+            // A lane is fast when its window neither wraps nor is a short last span; the others (and dead
+            // lanes past the band) read window 0 in the tiled loop (valid: kSpan <= D <= P there), are
+            // not stored from it, and are summed on the scalar path.
+            int64_t start[kDiagLanes];
+            bool fast[kDiagLanes];
+            const int lanes = int(std::min<int64_t>(kDiagLanes, bands[band + 1] - q0));
+            Tile tile;
+            for (int l = 0; l < kDiagLanes; ++l) {
+              const int64_t s = l < lanes ? t0 + op[q0 + l] : 0;
+              start[l] = s >= p ? s - p : s;
+              fast[l] = l < lanes && n == Tile::kSpan && start[l] + n <= p;
+              tile.load(l, outp + (q0 + std::min(l, lanes - 1)) * d + t0, n);
+            }
+            if (n == Tile::kSpan) {
+              const scalar_t* zs[kDiagLanes];
+              for (int64_t r = r0; r < r1; ++r) {
+                for (int l = 0; l < kDiagLanes; ++l) zs[l] = zp + r * p + (fast[l] ? start[l] : 0);
+                tile.fma(up + r * d + t0, zs);
+              }
+            }
+            for (int l = 0; l < lanes; ++l) {
+              scalar_t* dst = outp + (q0 + l) * d + t0;
+              if (fast[l]) { tile.store(l, dst, n); continue; }
+              for (int64_t r = r0; r < r1; ++r)
+                for (int64_t i = 0; i < n; ++i)
+                  dst[i] += up[r * d + t0 + i] * zp[r * p + (start[l] + i >= p ? start[l] + i - p : start[l] + i)];
+            }
+          }
+        }
+      }
+    });
+  });
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("spmm", &spmm, "feature-major CSR SpMM: (n_rows, R) = CSR @ (n_cols, R), values optionally read through perm");
   m.def("sddmm", &sddmm, "SDDMM at CSR (coo=false) or COO (coo=true) coordinates");
@@ -2914,5 +3160,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("order_check", &order_check, "(all in [0, high), strictly increasing)");
   m.def("sample_and_score", &sample_and_score, "sampled inactive positions of a CSR layer and their gradient scores");
   m.def("csr_linear", &csr_linear, "linear positions of CSR entries");
+  m.def("diag_gather", &diag_gather, "diagonal layer: out[b, t] = sum_k w[k, t] z[b, (t + off[k]) mod P]");
+  m.def("diag_scatter", &diag_scatter, "diagonal layer: out[b, (t + off[k]) mod P] += w[k, t] u[b, t]");
+  m.def("diag_correlate", &diag_correlate, "diagonal layer: out[k, t] = sum_b u[b, t] z[b, (t + off[k]) mod P]");
   m.def("num_threads", []() { return at::get_num_threads(); });
 }

@@ -14,10 +14,17 @@ Each costs B·K·D multiply-adds. The wrap is handled by padding the wrapped sid
 entries, so every diagonal's window is a contiguous slice (a view, no gather); the work runs diagonal by
 diagonal with in-place multiply-adds, so no temporary larger than one (B, D) product exists. Half
 precision inputs are computed in float32 and rounded once.
+
+On CPU our C++ kernels (cpu_kernels.cpp, "Diagonal layers") serve the three primitives: tiles of 8 batch
+rows (or diagonals) × 512 straight indices, every inner loop a contiguous multiply-add split in two where
+the window wraps, no padded copy. The torch composition below serves CUDA tensors and
+``SPARSETRAIN_KERNELS=torch``; the dispatch follows :mod:`.backend` like every other kernel.
 """
 from __future__ import annotations
 
 import torch
+
+from . import backend, torch_ops
 
 __all__ = ["diagonal_linear", "diagonal_coordinates", "diagonal_count"]
 
@@ -73,6 +80,29 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+def _ours(t: torch.Tensor):
+    """cpp_ext when our CPU kernels serve this (compute-dtype) tensor, else None (the torch composition)."""
+    if t.device.type != "cpu":
+        return None
+    impl = backend.implementation(t.device, t.dtype)
+    return None if impl is torch_ops else impl
+
+
+def gather(z: torch.Tensor, offsets: torch.Tensor, js: list[int], w: torch.Tensor) -> torch.Tensor:
+    ours = _ours(z)
+    return ours.diag_gather(z, offsets, w) if ours is not None else _gather(z, js, w)
+
+
+def scatter(u: torch.Tensor, offsets: torch.Tensor, js: list[int], w: torch.Tensor, p: int) -> torch.Tensor:
+    ours = _ours(u)
+    return ours.diag_scatter(u, offsets, w, p) if ours is not None else _scatter(u, js, w, p)
+
+
+def correlate(z: torch.Tensor, u: torch.Tensor, offsets: torch.Tensor, js: list[int]) -> torch.Tensor:
+    ours = _ours(z)
+    return ours.diag_correlate(z, u, offsets) if ours is not None else _correlate(z, u, js)
+
+
 class _DiagonalLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, offsets, values, weights, out_features):
@@ -82,7 +112,7 @@ class _DiagonalLinear(torch.autograd.Function):
         xc, vc = x.to(dtype), values.to(dtype)
         wc = vc if weights is None else vc * weights.to(dtype)[:, None]
         js = offsets.tolist()
-        y = _gather(xc, js, wc) if out_features < n else _scatter(xc, js, wc, p)
+        y = gather(xc, offsets, js, wc) if out_features < n else scatter(xc, offsets, js, wc, p)
         ctx.save_for_backward(x, offsets, values, weights)
         ctx.out_features, ctx.js = out_features, js
         return y.to(x.dtype)
@@ -98,9 +128,9 @@ class _DiagonalLinear(torch.autograd.Function):
         wide = m < n
         gx = gv = gw = None
         if ctx.needs_input_grad[0]:
-            gx = (_scatter(gyc, js, wc, p) if wide else _gather(gyc, js, wc)).to(x.dtype)
+            gx = (scatter(gyc, offsets, js, wc, p) if wide else gather(gyc, offsets, js, wc)).to(x.dtype)
         if ctx.needs_input_grad[2] or (weights is not None and ctx.needs_input_grad[3]):
-            corr = _correlate(xc, gyc, js) if wide else _correlate(gyc, xc, js)
+            corr = correlate(xc, gyc, offsets, js) if wide else correlate(gyc, xc, offsets, js)
             if ctx.needs_input_grad[2]:
                 gv = (corr if weights is None else corr * weights.to(dtype)[:, None]).to(values.dtype)
             if weights is not None and ctx.needs_input_grad[3]:
